@@ -1,0 +1,1 @@
+"""Learned parallel decoding of masked-diffusion language models: engine, tasks and pipeline stages."""

@@ -1,0 +1,66 @@
+"""Turning task examples into token tensors: prompts for decoding, masked-diffusion batches for pretraining."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import IterableDataset
+
+from pipeline.tasks.base import Example
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Prompt token ids: the beginning-of-text token when the tokenizer has one, then the text."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + list(ids)
+
+
+def decode_answer(tokenizer, window: Sequence[int]) -> str:
+    """Generated text up to the first end-of-text token."""
+    ids = list(window)
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def training_batch(tokenizer, examples: Sequence[Example], window: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts followed by answers padded with end-of-text up to ``window`` tokens.
+
+    ``answer_region`` marks the positions the diffusion objective may mask (never the prompt).
+    """
+    prompts = [encode_prompt(tokenizer, ex.prompt) for ex in examples]
+    answers = [tokenizer(ex.answer, add_special_tokens=False)["input_ids"] for ex in examples]
+    too_long = [len(a) for a in answers if len(a) > window]
+    if too_long:
+        raise ValueError(f"an answer of {max(too_long)} tokens does not fit a window of {window} tokens")
+    prompt_len = max(len(p) for p in prompts)
+    eos = tokenizer.eos_token_id
+    ids = torch.full((len(examples), prompt_len + window), eos, dtype=torch.long)
+    attention = torch.ones_like(ids, dtype=torch.bool)
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        pad = prompt_len - len(prompt)
+        ids[i, pad:prompt_len] = torch.tensor(prompt)
+        ids[i, prompt_len : prompt_len + len(answer)] = torch.tensor(answer)
+        attention[i, :pad] = False
+    answer_region = torch.zeros_like(attention)
+    answer_region[:, prompt_len:] = True
+    return {"input_ids": ids, "attention_mask": attention, "answer_region": answer_region}
+
+
+class PretrainStream(IterableDataset):
+    """Endless batches from a task's training stream, each with a window length drawn from ``windows``."""
+
+    def __init__(self, task, tokenizer, batch_size: int, windows: Sequence[int], window_weights: Sequence[float],
+                 seed: int) -> None:
+        self.task, self.tokenizer, self.batch_size = task, tokenizer, batch_size
+        self.windows, self.window_weights, self.seed = list(windows), list(window_weights), seed
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        worker = torch.utils.data.get_worker_info()
+        offset = self.seed * 1000 + (worker.id if worker else 0)
+        examples, rng = self.task.stream("train", seed_offset=offset), random.Random(offset)
+        while True:
+            window = rng.choices(self.windows, weights=self.window_weights)[0]
+            yield training_batch(self.tokenizer, [next(examples) for _ in range(self.batch_size)], window)

@@ -1,0 +1,223 @@
+"""The one semi-autoregressive block decoding loop every policy, stage and test goes through.
+
+A batch of left-padded prompts is followed by ``gen_length`` mask tokens. Blocks are decoded left to right;
+at each step the samples that still have masks in the current block run one forward pass (one NFE each), the
+policy picks positions to commit, and an optional observer sees the step. With EoTP, once an end-of-text token
+is committed every later position becomes end-of-text and the sample's sequence is cut there, so later forward
+passes are shorter and finished samples drop out of the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.decoding.policies import Policy, StepView
+from pipeline.decoding.schedule import gumbel_argmax, vanilla_schedule
+
+REMASKING = ("low_confidence", "random")
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    gen_length: int = 64
+    block_length: int = 16
+    steps: int | None = None  # None: one token per step (steps = gen_length), the reference setting
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    eotp: bool = False
+    batch_size: int = 32
+    seed: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.gen_length if self.steps is None else self.steps
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.total_steps // self.num_blocks
+
+    def validate(self) -> DecodeSettings:
+        """Raise on any bad setting, naming it and what is allowed; called before any decoding."""
+        for name in ("gen_length", "block_length", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"decode.{name}={getattr(self, name)}: must be a positive integer")
+        if self.gen_length % self.block_length:
+            raise ValueError(
+                f"decode.gen_length={self.gen_length} is not a multiple of decode.block_length="
+                f"{self.block_length}; allowed: block lengths dividing {self.gen_length}"
+            )
+        if self.total_steps < 1 or self.total_steps % self.num_blocks:
+            raise ValueError(
+                f"decode.steps={self.total_steps} is not divisible by the number of blocks ({self.num_blocks} = "
+                f"gen_length / block_length); allowed: a positive multiple of {self.num_blocks}"
+            )
+        if self.temperature < 0:
+            raise ValueError(f"decode.temperature={self.temperature}: allowed: a number >= 0")
+        if self.remasking not in REMASKING:
+            raise ValueError(f"decode.remasking={self.remasking!r} is unknown; allowed: {', '.join(REMASKING)}")
+        return self
+
+
+@dataclass
+class DecodeOutput:
+    tokens: torch.Tensor  # [n, gen_length] generated window (end-of-text after a cut)
+    nfe: torch.Tensor  # [n] forward passes each sample took part in
+    wall_time: float  # seconds for the whole call
+    sample_seconds: list[float] = field(default_factory=list)  # per sample: wall time of its batch / batch size
+
+
+Observer = Callable[[StepView, torch.Tensor], None]
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], gen_length: int, max_context: int | None) -> None:
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+        if max_context is not None and len(prompt) + gen_length > max_context:
+            raise ValueError(
+                f"prompt {i} has {len(prompt)} tokens; with decode.gen_length={gen_length} that exceeds the "
+                f"model's context of {max_context}; allowed: prompt length + gen_length <= {max_context}"
+            )
+
+
+@torch.no_grad()
+def generate_batch(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    policy: Policy,
+    settings: DecodeSettings,
+    mask_id: int,
+    eos_id: int,
+    references: torch.Tensor | None = None,
+    observer: Observer | None = None,
+    device: str | torch.device = "cpu",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode one batch; returns (window tokens [n, gen_length], NFE [n]) on the CPU."""
+    n, prompt_len = len(prompts), max(len(p) for p in prompts)
+    gen, width = settings.gen_length, settings.block_length
+    total = prompt_len + gen
+    x = torch.full((n, total), mask_id, dtype=torch.long, device=device)
+    attention = torch.zeros((n, total), dtype=torch.bool, device=device)
+    attention[:, prompt_len:] = True
+    for i, prompt in enumerate(prompts):  # left padding keeps every window at the same offset
+        x[i, prompt_len - len(prompt) : prompt_len] = torch.tensor(list(prompt), dtype=torch.long, device=device)
+        x[i, : prompt_len - len(prompt)] = eos_id
+        attention[i, prompt_len - len(prompt) : prompt_len] = True
+    positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
+    seq_end = torch.full((n,), total, dtype=torch.long, device=device)  # EoTP cut per sample
+    nfe = torch.zeros(n, dtype=torch.long)
+    policy.prepare(n, references)
+    steps = settings.steps_per_block
+
+    for block in range(settings.num_blocks):
+        start = prompt_len + block * width
+        schedule = vanilla_schedule((x[:, start : start + width] == mask_id).sum(-1), steps)
+        step = 0
+        while True:
+            rows = (x[:, start : start + width] == mask_id).any(-1).nonzero().squeeze(-1)
+            if rows.numel() == 0 or (not policy.adaptive and step >= steps):
+                break
+            end = int(seq_end[rows].max())
+            keys = attention[rows, :end] & (torch.arange(end, device=device)[None, :] < seq_end[rows, None])
+            logits = model(x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end]).logits
+            logits = logits[:, start : start + width].float()
+            nfe[rows.cpu()] += 1
+            block_tokens = x[rows, start : start + width]
+            masked = block_tokens == mask_id
+            predicted = gumbel_argmax(logits, settings.temperature, generator)
+            confidence = torch.softmax(logits, dim=-1).gather(-1, predicted[..., None]).squeeze(-1)
+            if settings.remasking == "random":
+                scores = torch.rand(confidence.shape, device=device, generator=generator)
+            else:
+                scores = confidence
+            k = schedule[rows, min(step, steps - 1)].clamp(min=int(policy.adaptive))
+            view = StepView(logits, predicted, confidence, scores, masked, k, rows, block, start - prompt_len, step)
+            commit, tokens = policy.select(view)
+            commit &= masked
+            x[rows, start : start + width] = torch.where(commit, tokens, block_tokens)
+            if observer is not None:
+                observer(view, commit)
+            if settings.eotp:
+                _cut_after_end_of_text(x, rows, prompt_len, seq_end, mask_id, eos_id)
+            step += 1
+    return x[:, prompt_len:].cpu(), nfe
+
+
+def _cut_after_end_of_text(x, rows, prompt_len, seq_end, mask_id, eos_id) -> None:
+    """EoTP: after a committed end-of-text, fill the rest of the window with end-of-text and cut the sequence."""
+    window = x[rows, prompt_len:]
+    is_eos = window == eos_id
+    has_eos = is_eos.any(-1)
+    if not has_eos.any():
+        return
+    first = is_eos.long().argmax(-1)
+    after = torch.arange(window.shape[1], device=x.device)[None, :] > first[:, None]
+    fill = after & has_eos[:, None]
+    x[rows, prompt_len:] = torch.where(fill, torch.full_like(window, eos_id), window)
+    cut = torch.where(has_eos, prompt_len + first + 1, seq_end[rows])
+    seq_end[rows] = torch.minimum(seq_end[rows], cut)
+
+
+def decode(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    policy: Policy,
+    settings: DecodeSettings,
+    mask_id: int,
+    eos_id: int,
+    references: torch.Tensor | None = None,
+    observer: Observer | None = None,
+    device: str | torch.device = "cpu",
+    max_context: int | None = None,
+    progress: bool = False,
+    description: str = "decode",
+) -> DecodeOutput:
+    """Decode all prompts in batches of ``settings.batch_size``; validates everything before the first step."""
+    settings.validate()
+    check_prompts(prompts, settings.gen_length, max_context)
+    if references is not None and references.shape != (len(prompts), settings.gen_length):
+        raise ValueError(
+            f"references have shape {tuple(references.shape)}; expected ({len(prompts)}, {settings.gen_length})"
+        )
+    if policy.needs_references and references is None:
+        raise ValueError(f"decode.policy={policy.name} needs reference outputs (one per prompt) from a vanilla decode")
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    tokens, nfe, sample_seconds = [], [], []
+    began = time.perf_counter()
+    batches = range(0, len(prompts), settings.batch_size)
+    for first in tqdm(batches, desc=description, disable=not progress, unit="batch"):
+        chunk = list(prompts[first : first + settings.batch_size])
+        chunk_refs = None if references is None else references[first : first + len(chunk)].to(device)
+        tic = time.perf_counter()
+        out, counts = generate_batch(
+            model, chunk, policy, settings, mask_id, eos_id, chunk_refs, observer_offset(observer, first), device,
+            generator,
+        )
+        if torch.cuda.is_available() and str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - tic
+        tokens.append(out)
+        nfe.append(counts)
+        sample_seconds += [seconds / len(chunk)] * len(chunk)
+    return DecodeOutput(torch.cat(tokens), torch.cat(nfe), time.perf_counter() - began, sample_seconds)
+
+
+def observer_offset(observer: Observer | None, offset: int) -> Observer | None:
+    """Wrap an observer so the rows it sees index the whole prompt list, not the current batch."""
+    if observer is None:
+        return None
+
+    def shifted(view: StepView, commit: torch.Tensor) -> None:
+        observer(replace(view, rows=view.rows + offset), commit)
+
+    return shifted

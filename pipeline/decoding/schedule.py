@@ -1,0 +1,37 @@
+"""LLaDA's step schedule and the small tensor helpers the policies share."""
+
+from __future__ import annotations
+
+import torch
+
+
+def vanilla_schedule(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
+    """Tokens to commit at each of ``steps`` steps of a block, per sample: ``[n] -> [n, steps]``.
+
+    Each step commits ``m // s`` tokens, plus one more during the first ``m % s`` steps (LLaDA's
+    ``get_num_transfer_tokens``).
+    """
+    base = mask_count // steps
+    remainder = mask_count % steps
+    counts = base[:, None].expand(-1, steps).clone()
+    counts += (torch.arange(steps, device=mask_count.device)[None, :] < remainder[:, None]).long()
+    return counts
+
+
+def top_k_mask(scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per row, the ``k[row]`` highest-scoring eligible positions (fewer if fewer are eligible)."""
+    ranked = torch.where(eligible, scores, torch.full_like(scores, float("-inf")))
+    order = ranked.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
+    return (rank < k[:, None]) & eligible
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Argmax at temperature 0; Gumbel-max sampling in float64 otherwise (LLaDA's ``add_gumbel_noise``)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits64 = logits.double()
+    noise = torch.rand(logits64.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    gumbel = (-torch.log(noise)) ** temperature
+    return (logits64.exp() / gumbel).argmax(dim=-1)

@@ -1,0 +1,98 @@
+"""Stage ``pretrain``: train the embedded masked-diffusion model and save it with ``save_pretrained``.
+
+Checkpoints go to ``pretrain.work_dir`` every ``checkpoint_every`` steps; a rerun resumes from the last one.
+Every ``val_every`` steps a vanilla decode of validation prompts reports exact match.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from models.tokenizer import build_char_tokenizer
+from pipeline.config import resolve_device
+from pipeline.data import PretrainStream, decode_answer, encode_prompt
+from pipeline.decoding import DecodeSettings, decode
+from pipeline.decoding.policies import Vanilla
+from pipeline.pretrain import DiffusionPretraining
+from pipeline.tasks.registry import build_task
+
+log = logging.getLogger(__name__)
+
+
+class DecodeAccuracy(L.Callback):
+    """Vanilla-decodes validation prompts now and then and logs exact match: the number that matters."""
+
+    def __init__(self, task, tokenizer, every: int, num_prompts: int, gen_length: int, block_length: int) -> None:
+        self.task, self.tokenizer, self.every = task, tokenizer, every
+        self.examples = task.examples("validation", num_prompts)
+        self.prompts = [encode_prompt(tokenizer, ex.prompt) for ex in self.examples]
+        self.settings = DecodeSettings(gen_length=gen_length, block_length=block_length, batch_size=64)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every and step != trainer.max_steps:
+            return
+        model = module.model.eval()
+        out = decode(model, self.prompts, Vanilla(), self.settings, model.config.mask_token_id,
+                     model.config.eos_token_id, device=module.device)
+        model.train()
+        texts = [decode_answer(self.tokenizer, row.tolist()) for row in out.tokens]
+        scores = [self.task.score(ex, text) for ex, text in zip(self.examples, texts)]
+        exact = sum(s.exact_match for s in scores) / len(scores)
+        full = sum(s.full_match for s in scores) / len(scores)
+        module.log_dict({"val/exact_match": exact, "val/full_match": full}, prog_bar=True)
+        log.info("step %d: validation exact match %.3f, full match %.3f", step, exact, full)
+
+
+def run(cfg: DictConfig) -> Path:
+    pcfg = cfg.pretrain
+    device = resolve_device(cfg.device)
+    L.seed_everything(cfg.seed, workers=True)
+    task = build_task(cfg.task)
+    tokenizer = build_char_tokenizer()
+    architecture = OmegaConf.to_container(pcfg.architecture, resolve=True)
+    model_config = dict(architecture, vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
+                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    module = DiffusionPretraining(model_config, lr=pcfg.lr, weight_decay=pcfg.weight_decay,
+                                  warmup_steps=pcfg.warmup_steps, max_steps=pcfg.max_steps)
+    log.info("pretraining a %.2fM-parameter model", sum(p.numel() for p in module.parameters()) / 1e6)
+    stream = PretrainStream(task, tokenizer, pcfg.batch_size, pcfg.windows, pcfg.window_weights, cfg.seed)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None)
+    work_dir = Path(pcfg.work_dir)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=work_dir / "checkpoints", save_last=True, every_n_train_steps=pcfg.checkpoint_every, save_top_k=0
+    )
+    trainer = L.Trainer(
+        max_steps=pcfg.max_steps,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision="bf16-mixed" if device.type == "cuda" else "32-true",
+        callbacks=[checkpoints, DecodeAccuracy(task, tokenizer, pcfg.val_every, pcfg.val_prompts,
+                                               pcfg.val_gen_length, pcfg.val_block_length)],
+        logger=L.pytorch.loggers.CSVLogger(work_dir, name="logs"),
+        default_root_dir=work_dir,
+        log_every_n_steps=25,
+        enable_progress_bar=bool(cfg.progress),
+        gradient_clip_val=1.0,
+    )
+    last = work_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        log.info("resuming from %s", last)
+    trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+    save_to = Path(pcfg.save_to)
+    tmp = save_to.with_name(save_to.name + ".tmp")
+    module.model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if save_to.exists():
+        import shutil
+
+        shutil.rmtree(save_to)
+    tmp.rename(save_to)
+    log.info("saved the model and tokenizer to %s", save_to)
+    return save_to
