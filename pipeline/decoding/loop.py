@@ -10,8 +10,8 @@ passes are shorter and finished samples drop out of the batch.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -131,6 +131,7 @@ def generate_batch(
             keys = attention[rows, :end] & (torch.arange(end, device=device)[None, :] < seq_end[rows, None])
             logits = model(x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end]).logits
             logits = logits[:, start : start + width].float()
+            logits[..., mask_id] = float("-inf")  # committing the mask token itself would stall the block
             nfe[rows.cpu()] += 1
             block_tokens = x[rows, start : start + width]
             masked = block_tokens == mask_id

@@ -43,6 +43,7 @@ class Policy(ABC):
 
     def prepare(self, batch_size: int, references: torch.Tensor | None) -> None:
         """Called once per decoded batch; policies that need per-sample context take it here."""
+        return None
 
 
 class Vanilla(Policy):

@@ -1,0 +1,103 @@
+"""Evaluating one decode setting on a task split: accuracy, NFE and speed, with per-sample rows.
+
+The sweep stage and the ``evaluate`` stage both call :func:`evaluate_setting`; the oracle's reference outputs
+come from a vanilla decode with the same window, block and steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.data import decode_answer, encode_prompt
+from pipeline.decoding import DecodeOutput, DecodeSettings, decode
+from pipeline.decoding.policies import LearnedFilter, Policy, Vanilla, policy_class
+from pipeline.modeling import LoadedModel
+from pipeline.tasks.base import Example, Task
+
+SETTINGS_FIELDS = {f.name for f in dataclasses.fields(DecodeSettings)}
+
+
+def decode_settings(cfg: DictConfig) -> DecodeSettings:
+    """The loop's settings from a ``decode`` config (policy-specific keys are left to the policy)."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    return DecodeSettings(**{k: v for k, v in values.items() if k in SETTINGS_FIELDS}).validate()
+
+
+def build_policy(cfg: DictConfig, device: torch.device) -> Policy:
+    """A policy from a ``decode`` config; validates its settings before any decoding."""
+    cls = policy_class(cfg.policy)
+    settings = decode_settings(cfg)
+    if cls is LearnedFilter:
+        from models.filter import BlockFilter
+
+        if not cfg.get("filter_path"):
+            raise ValueError("decode.policy=filter needs decode.filter_path (a train_filter output directory)")
+        network = BlockFilter.load(cfg.filter_path, device)
+        if network.config.block_length != settings.block_length:
+            raise ValueError(
+                f"decode.block_length={settings.block_length} but the filter at {cfg.filter_path} was trained for "
+                f"block_length={network.config.block_length}"
+            )
+        return LearnedFilter(network, network.config.features, cfg.threshold, settings.steps_per_block)
+    if cls.name == "threshold":
+        return cls(cfg.threshold)
+    if cls.name == "factor":
+        return cls(cfg.factor)
+    return cls()
+
+
+def run_decode(loaded: LoadedModel, prompts: list[list[int]], policy: Policy, settings: DecodeSettings,
+               references: torch.Tensor | None = None, observer=None, progress: bool = False,
+               description: str = "decode") -> DecodeOutput:
+    return decode(loaded.model, prompts, policy, settings, loaded.mask_id, loaded.eos_id, references=references,
+                  observer=observer, device=loaded.device, max_context=loaded.max_context, progress=progress,
+                  description=description)
+
+
+def reference_outputs(loaded: LoadedModel, prompts: list[list[int]], settings: DecodeSettings,
+                      progress: bool = False) -> DecodeOutput:
+    """The model's own vanilla output: what the oracle reproduces and what trajectory labels compare to."""
+    return run_decode(loaded, prompts, Vanilla(), dataclasses.replace(settings, eotp=False), progress=progress,
+                      description="vanilla reference")
+
+
+def evaluate_setting(loaded: LoadedModel, task: Task, examples: list[Example], decode_cfg: DictConfig,
+                     progress: bool = False) -> dict:
+    """Decode ``examples`` under one setting; returns metrics and per-sample rows."""
+    settings = decode_settings(decode_cfg)
+    policy = build_policy(decode_cfg, loaded.device)
+    prompts = [encode_prompt(loaded.tokenizer, ex.prompt) for ex in examples]
+    references = None
+    if policy.needs_references:
+        references = reference_outputs(loaded, prompts, settings, progress).tokens
+    out = run_decode(loaded, prompts, policy, settings, references, progress=progress, description=policy.name)
+    return summarize(loaded, task, examples, out)
+
+
+def summarize(loaded: LoadedModel, task: Task, examples: list[Example], out: DecodeOutput) -> dict:
+    rows = []
+    for i, (ex, window) in enumerate(zip(examples, out.tokens.tolist())):
+        text = decode_answer(loaded.tokenizer, window)
+        score = task.score(ex, text)
+        rows.append({
+            "index": i, "prompt": ex.prompt, "reference": ex.answer, "generated": text,
+            "exact_match": score.exact_match, "full_match": score.full_match, "nfe": int(out.nfe[i]),
+            "tokens": sum(tok != loaded.eos_id for tok in window), "seconds": out.sample_seconds[i],
+        })
+    nfe = sorted(r["nfe"] for r in rows)
+    tokens = sum(r["tokens"] for r in rows)
+    metrics = {
+        "num_samples": len(rows),
+        "accuracy": sum(r["exact_match"] for r in rows) / len(rows),
+        "full_match": sum(r["full_match"] for r in rows) / len(rows),
+        "nfe_mean": statistics.fmean(nfe),
+        "nfe_p50": statistics.median(nfe),
+        "nfe_p90": nfe[min(len(nfe) - 1, int(0.9 * len(nfe)))],
+        "wall_time_s": out.wall_time,
+        "tokens_per_s": tokens / out.wall_time if out.wall_time > 0 else float("nan"),
+    }
+    return {"metrics": metrics, "rows": rows}

@@ -1,0 +1,60 @@
+"""Shared fixtures: a seeded random micro model (any weights exercise the engine) and the shipped checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import models  # noqa: F401  (registers the embedded model)
+from models import DiffusionLM, DiffusionLMConfig
+from models.tokenizer import build_char_tokenizer
+from pipeline.config import PROJECT_ROOT, register_resolvers
+
+SHIPPED = PROJECT_ROOT / "models" / "checkpoints" / "tiny-arith"
+register_resolvers()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def micro_model(tokenizer) -> DiffusionLM:
+    torch.manual_seed(0)
+    config = DiffusionLMConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=128)
+    model = DiffusionLM(config).eval()
+
+    def never_predict_the_mask(module, inputs, logits):  # as a trained dLLM never does
+        logits[..., tokenizer.mask_token_id] = -1e4
+        return logits
+
+    model.lm_head.register_forward_hook(never_predict_the_mask)
+    return model
+
+
+@pytest.fixture(scope="session")
+def shipped_model():
+    from transformers import AutoModel, AutoTokenizer
+
+    assert SHIPPED.exists(), f"the shipped checkpoint is missing at {SHIPPED}"
+    return AutoModel.from_pretrained(SHIPPED).eval(), AutoTokenizer.from_pretrained(SHIPPED)
+
+
+def compose_config(overrides: list[str] | None = None):
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides or [])
+
+
+@pytest.fixture
+def compose_cfg():
+    return compose_config
+
+
+@pytest.fixture
+def project_root() -> Path:
+    return PROJECT_ROOT

@@ -1,0 +1,36 @@
+"""An independent, plain re-statement of LLaDA's reference ``generate`` (batch size 1, no padding).
+
+Written from the published algorithm, line by line and without the project's helpers, so the engine's
+vanilla policy is checked against something that does not share its code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def llada_generate(model, prompt: list[int], gen_length: int, block_length: int, steps: int, mask_id: int):
+    x = torch.tensor([prompt + [mask_id] * gen_length])
+    start = len(prompt)
+    num_blocks = gen_length // block_length
+    steps_per_block = steps // num_blocks
+    forwards = 0
+    for block in range(num_blocks):
+        block_start = start + block * block_length
+        block_end = block_start + block_length
+        masks_in_block = int((x[0, block_start:block_end] == mask_id).sum())
+        counts = [masks_in_block // steps_per_block] * steps_per_block
+        for i in range(masks_in_block % steps_per_block):
+            counts[i] += 1
+        for i in range(steps_per_block):
+            is_mask = x[0] == mask_id
+            logits = model(x).logits[0]
+            forwards += 1
+            predicted = logits.argmax(-1)
+            prob = F.softmax(logits.float(), dim=-1).gather(-1, predicted[:, None]).squeeze(-1)
+            prob[block_end:] = float("-inf")
+            confidence = torch.where(is_mask, prob, torch.tensor(float("-inf")))
+            chosen = torch.topk(confidence, counts[i]).indices
+            x[0, chosen] = predicted[chosen]
+    return x[0, start:], forwards

@@ -1,0 +1,183 @@
+"""The decoding engine: LLaDA's schedule, the oracle, thresholds, EoTP, batching, and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from pipeline.data import encode_prompt
+from pipeline.decoding import DecodeSettings, decode
+from pipeline.decoding.policies import ExtremelyGreedy, Factor, LearnedFilter, Threshold, Vanilla, policy_class
+from pipeline.decoding.schedule import gumbel_argmax, vanilla_schedule
+from pipeline.tasks import ChainedAddition
+from tests.reference_llada import llada_generate
+
+MASK, EOS = 1, 0
+
+
+def prompts_for(tokenizer, n: int, split: str = "test") -> list[list[int]]:
+    return [encode_prompt(tokenizer, ex.prompt) for ex in ChainedAddition().examples(split, n)]
+
+
+def test_schedule_spreads_the_remainder_over_the_first_steps():
+    assert vanilla_schedule(torch.tensor([32, 10, 7]), 4).tolist() == [[8, 8, 8, 8], [3, 3, 2, 2], [2, 2, 2, 1]]
+
+
+@pytest.mark.parametrize("gen_length,block_length,steps", [(32, 8, 32), (32, 8, 12), (24, 24, 10), (16, 4, 8)])
+def test_vanilla_matches_an_independent_statement_of_llada(micro_model, tokenizer, gen_length, block_length, steps):
+    settings = DecodeSettings(gen_length=gen_length, block_length=block_length, steps=steps, batch_size=1)
+    for prompt in prompts_for(tokenizer, 4):
+        ours = decode(micro_model, [prompt], Vanilla(), settings, MASK, EOS)
+        expected, forwards = llada_generate(micro_model, prompt, gen_length, block_length, steps, MASK)
+        assert ours.tokens[0].tolist() == expected.tolist()
+        assert int(ours.nfe[0]) <= forwards  # LLaDA also runs steps that commit nothing; the loop skips those
+
+
+def test_batched_and_one_by_one_decoding_agree(micro_model, tokenizer):
+    prompts = prompts_for(tokenizer, 7)
+    assert len({len(p) for p in prompts}) > 1, "prompts of different lengths exercise the padding"
+    for policy in (Vanilla(), Threshold(0.5)):
+        for eotp in (False, True):
+            settings = DecodeSettings(gen_length=32, block_length=8, batch_size=4, eotp=eotp)
+            batched = decode(micro_model, prompts, policy, settings, MASK, EOS)
+            single = [decode(micro_model, [p], policy, dataclasses.replace(settings, batch_size=1), MASK, EOS)
+                      for p in prompts]
+            assert torch.equal(batched.tokens, torch.cat([s.tokens for s in single]))
+            assert torch.equal(batched.nfe, torch.cat([s.nfe for s in single]))
+
+
+def test_a_threshold_nothing_passes_decodes_one_token_per_step(micro_model, tokenizer):
+    prompts = prompts_for(tokenizer, 5)
+    settings = DecodeSettings(gen_length=32, block_length=8)
+    strict = decode(micro_model, prompts, Threshold(1.0), settings, MASK, EOS)
+    vanilla = decode(micro_model, prompts, Vanilla(), settings, MASK, EOS)
+    assert strict.nfe.tolist() == [32] * 5
+    assert torch.equal(strict.tokens, vanilla.tokens)
+
+
+def test_a_filter_that_rejects_everything_is_vanilla_and_one_that_accepts_everything_fills_blocks(micro_model,
+                                                                                                   tokenizer):
+    prompts = prompts_for(tokenizer, 3)
+    settings = DecodeSettings(gen_length=32, block_length=8)
+    vanilla = decode(micro_model, prompts, Vanilla(), settings, MASK, EOS)
+
+    class Constant(torch.nn.Module):
+        def __init__(self, value: float) -> None:
+            super().__init__()
+            self.value = value
+
+        def forward(self, features):
+            return torch.full(features.shape[:2], self.value)
+
+    reject = decode(micro_model, prompts, LearnedFilter(Constant(-10.0)), settings, MASK, EOS)
+    assert torch.equal(reject.tokens, vanilla.tokens) and torch.equal(reject.nfe, vanilla.nfe)
+    accept = decode(micro_model, prompts, LearnedFilter(Constant(10.0)), settings, MASK, EOS)
+    assert accept.nfe.tolist() == [4, 4, 4]  # one step per block
+
+
+def test_factor_commits_more_with_a_larger_factor(micro_model, tokenizer):
+    prompts = prompts_for(tokenizer, 4)
+    settings = DecodeSettings(gen_length=32, block_length=8)
+    small = decode(micro_model, prompts, Factor(0.01), settings, MASK, EOS)
+    large = decode(micro_model, prompts, Factor(100.0), settings, MASK, EOS)
+    assert small.nfe.tolist() == [32] * 4 and large.nfe.tolist() == [4] * 4
+
+
+def test_random_remasking_and_sampling_are_seeded(micro_model, tokenizer):
+    prompts = prompts_for(tokenizer, 3)
+    settings = DecodeSettings(gen_length=16, block_length=8, remasking="random", temperature=1.0, seed=3)
+    first = decode(micro_model, prompts, Vanilla(), settings, MASK, EOS)
+    again = decode(micro_model, prompts, Vanilla(), settings, MASK, EOS)
+    other = decode(micro_model, prompts, Vanilla(), dataclasses.replace(settings, seed=4), MASK, EOS)
+    assert torch.equal(first.tokens, again.tokens)
+    assert not torch.equal(first.tokens, other.tokens)
+
+
+def test_gumbel_max_samples_the_softmax():
+    logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(20000, 3)
+    generator = torch.Generator().manual_seed(0)
+    draws = gumbel_argmax(logits, 1.0, generator)
+    frequencies = torch.bincount(draws, minlength=3).double() / len(draws)
+    assert torch.allclose(frequencies, torch.softmax(logits[0].double(), -1), atol=0.015)
+    assert torch.equal(gumbel_argmax(logits, 0.0, None), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("window", [(64, 16), (256, 32)])
+def test_the_oracle_reproduces_vanilla_with_fewer_nfe(shipped_model, window):
+    model, tokenizer = shipped_model
+    prompts = prompts_for(tokenizer, 24)
+    settings = DecodeSettings(gen_length=window[0], block_length=window[1], batch_size=24)
+    vanilla = decode(model, prompts, Vanilla(), settings, MASK, EOS)
+    oracle = decode(model, prompts, ExtremelyGreedy(), settings, MASK, EOS, references=vanilla.tokens)
+    assert torch.equal(oracle.tokens, vanilla.tokens)
+    assert (oracle.nfe <= vanilla.nfe).all() and oracle.nfe.sum() < vanilla.nfe.sum()
+
+
+def test_eotp_keeps_the_text_before_the_first_end_of_text_under_the_oracle(shipped_model):
+    model, tokenizer = shipped_model
+    prompts = prompts_for(tokenizer, 24)
+    settings = DecodeSettings(gen_length=128, block_length=32, batch_size=24)
+    vanilla = decode(model, prompts, Vanilla(), settings, MASK, EOS)
+    cut = decode(model, prompts, ExtremelyGreedy(), dataclasses.replace(settings, eotp=True), MASK, EOS,
+                 references=vanilla.tokens)
+    for ref, out in zip(vanilla.tokens.tolist(), cut.tokens.tolist()):
+        end = ref.index(EOS) if EOS in ref else len(ref)
+        assert out[:end] == ref[:end]
+        assert all(tok == EOS for tok in out[end:])
+    assert cut.nfe.sum() < vanilla.nfe.sum()
+
+
+def test_eotp_under_a_micro_model_fills_the_rest_with_end_of_text(micro_model, tokenizer):
+    """A model that always predicts end-of-text first: EoTP stops after one forward pass."""
+
+    class EndsAtOnce(torch.nn.Module):
+        def forward(self, input_ids, **_):
+            logits = torch.zeros(*input_ids.shape, 8)
+            logits[..., EOS] = 5.0
+            return type("Out", (), {"logits": logits})()
+
+    settings = DecodeSettings(gen_length=32, block_length=8, eotp=True)
+    out = decode(EndsAtOnce(), prompts_for(tokenizer, 2), Vanilla(), settings, MASK, EOS)
+    assert out.nfe.tolist() == [1, 1] and (out.tokens == EOS).all()
+
+
+BAD_SETTINGS = [
+    (dict(gen_length=30, block_length=8), "decode.gen_length=30 is not a multiple of decode.block_length=8"),
+    (dict(gen_length=32, block_length=8, steps=6), "decode.steps=6 is not divisible by the number of blocks"),
+    (dict(remasking="highest"), "decode.remasking='highest' is unknown"),
+    (dict(temperature=-1.0), "decode.temperature=-1.0"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_SETTINGS)
+def test_bad_settings_raise_before_decoding(micro_model, tokenizer, overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        decode(micro_model, prompts_for(tokenizer, 1), Vanilla(), DecodeSettings(**overrides), MASK, EOS)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.5, None])
+def test_thresholds_outside_the_unit_interval_are_refused(value):
+    with pytest.raises(ValueError, match=r"decode\.threshold=.* is out of range; allowed: a number in \(0, 1\]"):
+        Threshold(value)
+    with pytest.raises(ValueError, match=r"decode\.threshold"):
+        LearnedFilter(torch.nn.Identity(), threshold=value)
+
+
+def test_unknown_policy_names_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"decode\.policy='greedy' is unknown; allowed: egp, factor, filter"):
+        policy_class("greedy")
+
+
+def test_empty_prompts_and_overlong_windows_are_refused(micro_model, tokenizer):
+    settings = DecodeSettings(gen_length=32, block_length=8)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        decode(micro_model, [[2, 4], []], Vanilla(), settings, MASK, EOS)
+    with pytest.raises(ValueError, match="exceeds the model's context of 40"):
+        decode(micro_model, [[2, 4, 5, 6, 7, 8, 9, 10, 11]], Vanilla(), settings, MASK, EOS, max_context=40)
+
+
+def test_the_oracle_without_references_is_refused(micro_model, tokenizer):
+    with pytest.raises(ValueError, match="needs reference outputs"):
+        decode(micro_model, prompts_for(tokenizer, 1), ExtremelyGreedy(), DecodeSettings(), MASK, EOS)
