@@ -66,13 +66,12 @@ def reference_outputs(loaded: LoadedModel, prompts: list[list[int]], settings: D
 
 
 def evaluate_setting(loaded: LoadedModel, task: Task, examples: list[Example], decode_cfg: DictConfig,
-                     progress: bool = False) -> dict:
-    """Decode ``examples`` under one setting; returns metrics and per-sample rows."""
+                     progress: bool = False, references: torch.Tensor | None = None) -> dict:
+    """Decode ``examples`` under one setting; returns metrics, per-sample rows and the generated windows."""
     settings = decode_settings(decode_cfg)
     policy = build_policy(decode_cfg, loaded.device)
     prompts = [encode_prompt(loaded.tokenizer, ex.prompt) for ex in examples]
-    references = None
-    if policy.needs_references:
+    if policy.needs_references and references is None:
         references = reference_outputs(loaded, prompts, settings, progress).tokens
     out = run_decode(loaded, prompts, policy, settings, references, progress=progress, description=policy.name)
     return summarize(loaded, task, examples, out)
@@ -100,4 +99,4 @@ def summarize(loaded: LoadedModel, task: Task, examples: list[Example], out: Dec
         "wall_time_s": out.wall_time,
         "tokens_per_s": tokens / out.wall_time if out.wall_time > 0 else float("nan"),
     }
-    return {"metrics": metrics, "rows": rows}
+    return {"metrics": metrics, "rows": rows, "tokens": out.tokens}

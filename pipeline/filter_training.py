@@ -1,0 +1,128 @@
+"""Training the Learn2PD filter in Lightning: a data module over trajectory shards and the BCE module.
+
+Samples (prompts), not rows, are split 80/10/10, so no prompt's steps leak between train and validation.
+Validation reports AUROC, and precision, recall and false-positive rate at the decode threshold, on the
+positions that were still masked: the only ones whose acceptance changes decoding.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import BinaryAUROC, BinaryStatScores
+
+from models.filter import BlockFilter, FilterConfig
+
+SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
+
+
+class TrajectoryDataModule(L.LightningDataModule):
+    def __init__(self, shards: Path, recorded: list[str], features: list[str], batch_size: int | None,
+                 seed: int = 0) -> None:
+        super().__init__()
+        missing = [f for f in features if f not in recorded]
+        if missing:
+            raise ValueError(f"filter.features {missing} were not recorded; recorded: {recorded} "
+                             "(add them to trajectories.features)")
+        self.shards, self.recorded, self.features = shards, recorded, features
+        self.batch_size, self.seed = batch_size, seed
+        self.splits: dict[str, TensorDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        from pipeline.stages.trajectories import load_shards
+
+        data = load_shards(self.shards).with_format("numpy")
+        columns = [self.recorded.index(f) for f in self.features]
+        features = torch.from_numpy(np.stack(data["features"])[..., columns].astype(np.float32))
+        labels = torch.from_numpy(np.stack(data["label"]).astype(np.float32))
+        masked = torch.from_numpy(np.stack(data["masked"]).astype(bool))
+        buckets = np.array([zlib.crc32(f"{self.seed}:{s}".encode()) % 10 for s in data["sample"]])
+        for name, allowed in SPLIT_BUCKETS.items():
+            index = torch.from_numpy(np.isin(buckets, list(allowed)))
+            self.splits[name] = TensorDataset(features[index], labels[index], masked[index])
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(ds) for name, ds in self.splits.items()}
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        dataset = self.splits[name]
+        size = self.batch_size or max(1, len(dataset))  # None: full batch, as published
+        return DataLoader(dataset, batch_size=size, shuffle=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+class FilterModule(L.LightningModule):
+    def __init__(self, filter_config: dict, lr: float = 3e-3, weight_decay: float = 0.0, threshold: float = 0.9,
+                 loss_on: str = "all", pos_weight: float = 1.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.network = BlockFilter(FilterConfig(**filter_config))
+        self.metrics = torch.nn.ModuleDict({
+            split: torch.nn.ModuleDict({"auroc": BinaryAUROC(), "stats": BinaryStatScores(threshold=threshold)})
+            for split in ("val", "test")
+        })
+
+    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        features, labels, masked = batch
+        logits = self.network(features)
+        weight = masked.float() if self.hparams.loss_on == "masked" else torch.ones_like(labels)
+        loss = F.binary_cross_entropy_with_logits(
+            logits, labels, weight=weight, pos_weight=torch.tensor(self.hparams.pos_weight, device=self.device),
+            reduction="sum",
+        ) / weight.sum().clamp(min=1)
+        return loss, logits
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False)
+        return loss
+
+    def _evaluate(self, split: str, batch) -> None:
+        loss, logits = self._loss(batch)
+        _, labels, masked = batch
+        probs = torch.sigmoid(logits[masked])
+        self.metrics[split]["auroc"].update(probs, labels[masked].long())
+        self.metrics[split]["stats"].update(probs, labels[masked].long())
+        self.log(f"{split}/loss", loss, prog_bar=split == "val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def _log_epoch(self, split: str) -> None:
+        tp, fp, tn, fn, _ = self.metrics[split]["stats"].compute().float()
+        self.log_dict({
+            f"{split}/auroc": self.metrics[split]["auroc"].compute(),
+            f"{split}/precision": tp / (tp + fp).clamp(min=1),
+            f"{split}/recall": tp / (tp + fn).clamp(min=1),
+            f"{split}/fpr": fp / (fp + tn).clamp(min=1),
+        }, prog_bar=split == "val")
+        for metric in self.metrics[split].values():
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

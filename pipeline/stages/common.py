@@ -1,0 +1,80 @@
+"""What stages share: the artifact store, the lazily loaded model and task, and identities for artifact keys."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.artifacts import ArtifactStore
+from pipeline.config import resolve_device
+from pipeline.modeling import LoadedModel, load_model
+from pipeline.tasks.base import Task
+from pipeline.tasks.registry import build_task
+
+HASHED_WEIGHTS_LIMIT = 256 * 2**20  # hash weight files up to this size; larger (hub) models are named by path
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest(path: str) -> str:
+    files = sorted(Path(path).glob("*.safetensors"))
+    total = sum(f.stat().st_size for f in files)
+    digest = hashlib.sha256()
+    for f in files:
+        if total <= HASHED_WEIGHTS_LIMIT:
+            digest.update(f.read_bytes())
+        else:
+            digest.update(f"{f.name}:{f.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def model_identity(model_cfg: DictConfig) -> dict[str, Any]:
+    """What identifies the model in artifact keys: its name and a digest of its weights."""
+    return {"name": model_cfg.name, "weights": _weights_digest(str(model_cfg.path)), "dtype": model_cfg.dtype}
+
+
+def plain(cfg: DictConfig | dict | None) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+@dataclass
+class StageContext:
+    """One invocation's view: config, store, and the model/task loaded once and shared by all stages."""
+
+    cfg: DictConfig
+    store: ArtifactStore = field(init=False)
+    _loaded: LoadedModel | None = field(default=None, init=False)
+    _task: Task | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.store = ArtifactStore(self.cfg.output_dir)
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.cfg.device)
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            self._loaded = load_model(self.cfg.model, self.device)
+        return self._loaded
+
+    @property
+    def task(self) -> Task:
+        if self._task is None:
+            self._task = build_task(self.cfg.task)
+        return self._task
+
+    def labels(self) -> dict[str, Any]:
+        return {"experiment": self.cfg.experiment_name}
+
+    def forced(self, stage: str) -> bool:
+        """``force=true`` recomputes the stages this invocation was asked to run, never silently upstream ones."""
+        return bool(self.cfg.force) and self.cfg.stage in (stage, "all")

@@ -1,0 +1,99 @@
+"""Stage ``train_filter``: fit the Learn2PD filter on a trajectories artifact with Lightning.
+
+Writes the filter (``filter/``, loadable by ``decode.filter_path``), Lightning checkpoints (a killed run resumes
+from ``checkpoints/last.ckpt`` inside the artifact's work directory) and the validation and test metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig
+
+from pipeline.artifacts import Artifact, ArtifactSpec
+from pipeline.decoding.features import check_features
+from pipeline.decoding.policies import check_threshold
+from pipeline.stages import trajectories
+from pipeline.stages.common import StageContext, plain
+from pipeline.tracking import tracking
+
+log = logging.getLogger(__name__)
+VERSION = 1
+LOSS_ON = ("all", "masked")
+
+
+def validate(cfg: DictConfig) -> None:
+    trajectories.validate(cfg)
+    check_features(list(cfg.filter.features))
+    check_threshold(cfg.train_filter.threshold, "train_filter.threshold")
+    if cfg.train_filter.loss_on not in LOSS_ON:
+        raise ValueError(f"train_filter.loss_on={cfg.train_filter.loss_on!r}; allowed: {', '.join(LOSS_ON)}")
+    if int(cfg.filter.num_layers) < 1:
+        raise ValueError(f"filter.num_layers={cfg.filter.num_layers}: allowed: an integer >= 1")
+
+
+def spec(ctx: StageContext) -> ArtifactSpec:
+    settings = {"filter": plain(ctx.cfg.filter), "train": plain(ctx.cfg.train_filter), "seed": ctx.cfg.seed}
+    return ArtifactSpec("train_filter", VERSION, settings, {"trajectories": trajectories.spec(ctx).key}, ctx.labels())
+
+
+def ensure(ctx: StageContext, upstream: bool = False) -> Artifact:
+    s = spec(ctx)
+    existing = ctx.store.check_upstream(s, upstream and bool(ctx.cfg.reuse_only))
+    if existing is not None and not ctx.forced("train_filter"):
+        log.info("train_filter %s: complete, reusing %s (nothing to compute)", s.key, existing.path)
+        return existing
+    source = trajectories.ensure(ctx, upstream=True)
+    if source is None:
+        raise RuntimeError("trajectories are incomplete (some shards missing); finish them before train_filter")
+    with tracking(ctx.cfg, "train_filter", s.key) as tracker:
+        artifact = ctx.store.materialize(s, lambda work: fit(ctx, source, work, tracker), force=True)
+        tracker.summary(artifact.figures)
+    return artifact
+
+
+def fit(ctx: StageContext, source: Artifact, work: Path, tracker) -> dict:
+    from pipeline.filter_training import FilterModule, TrajectoryDataModule
+
+    cfg, tf = ctx.cfg, ctx.cfg.train_filter
+    L.seed_everything(cfg.seed, workers=True)
+    recorded = source.manifest["settings"]["features"]
+    block_length = source.manifest["settings"]["block_length"]
+    data = TrajectoryDataModule(source.path / "shards", recorded, list(cfg.filter.features), tf.batch_size, cfg.seed)
+    data.setup()
+    log.info("train_filter: %s rows per split", data.sizes())
+    filter_config = dict(block_length=block_length, features=list(cfg.filter.features),
+                         num_layers=cfg.filter.num_layers, hidden_size=cfg.filter.hidden_size)
+    module = FilterModule(filter_config, lr=tf.lr, weight_decay=tf.weight_decay, threshold=tf.threshold,
+                          loss_on=tf.loss_on, pos_weight=tf.pos_weight)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=work / "checkpoints", save_last=True, save_top_k=0,
+                                                      every_n_epochs=tf.checkpoint_every_n_epochs)
+    loggers = [L.pytorch.loggers.CSVLogger(work, name="logs", version=0)]
+    if tracker.run is not None:
+        loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
+    trainer = L.Trainer(
+        max_epochs=tf.max_epochs, accelerator="gpu" if ctx.device.type == "cuda" else "cpu", devices=1,
+        callbacks=[checkpoints], logger=loggers, enable_progress_bar=bool(cfg.progress),
+        check_val_every_n_epoch=tf.val_every_n_epochs, log_every_n_steps=1, default_root_dir=work,
+        enable_model_summary=False,
+    )
+    last = work / "checkpoints" / "last.ckpt"
+    if last.exists():
+        log.info("train_filter: resuming from %s", last)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+    validation = {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
+    test = {k: float(v) for k, v in trainer.test(module, datamodule=data, verbose=False)[0].items()}
+    module.network.save(work / "filter")
+    figures = {**validation, **test, "parameters": sum(p.numel() for p in module.network.parameters()),
+               **{f"rows_{k}": v for k, v in data.sizes().items()}}
+    (work / "metrics.json").write_text(json.dumps(figures, indent=2))
+    log.info("train_filter: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
+    return figures
+
+
+def run(cfg: DictConfig) -> Artifact:
+    validate(cfg)
+    return ensure(StageContext(cfg))
