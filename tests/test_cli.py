@@ -20,7 +20,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
 
 
 @pytest.mark.parametrize("args,message", [
-    (["decode.gen_length=60", "decode.block_length=16"], "decode.gen_length=60 is not a multiple of decode.block_length"),
+    (["decode.gen_length=60", "decode.block_length=16"],
+     "decode.gen_length=60 is not a multiple of decode.block_length"),
     (["decode.steps=5"], "decode.steps=5 is not divisible by the number of blocks"),
     (["decode=threshold", "decode.threshold=1.5"], "decode.threshold=1.5 is out of range"),
     (["decode=threshold", "decode.threshold=0"], "decode.threshold=0 is out of range"),

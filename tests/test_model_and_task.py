@@ -43,12 +43,13 @@ def test_splits_are_seeded_disjoint_and_varied():
     assert not train & {ex.prompt for ex in test}
     lengths = [len(ex.answer) for ex in test]
     assert min(lengths) <= 10 and max(lengths) >= 45
+    assert len({ex.prompt for ex in test}) == len(test)
 
 
 def test_answers_are_worked_chains_and_the_scorer_reads_the_final_answer():
     task = ChainedAddition()
-    answer, final = task.solve([48, 37, 4])
-    assert (answer, final) == ("48+37=85,85+4=89#89", "89")
+    answer, final = task.solve(48, 37, 2)
+    assert (answer, final) == ("48+37=85,85+37=122#122", "122")
     example = task.examples("test", 1)[0]
     assert task.score(example, example.answer).exact_match and task.score(example, example.answer).full_match
     wrong_steps = example.answer.replace(",", ";", 1) if "," in example.answer else "x" + example.answer
@@ -66,7 +67,8 @@ def test_the_training_loss_never_masks_the_prompt(micro_model, tokenizer):
         seen.append(kwargs.get("input_ids", args[0] if args else None))
 
     handle = micro_model.register_forward_pre_hook(record, with_kwargs=True)
-    loss = masked_diffusion_loss(micro_model, batch, tokenizer.mask_token_id, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    loss = masked_diffusion_loss(micro_model, batch, tokenizer.mask_token_id, generator=generator)
     handle.remove()
     noisy = seen[0]
     assert torch.isfinite(loss) and loss > 0

@@ -19,6 +19,7 @@ def run_stage(cfg: DictConfig) -> object:
     from pipeline.tracking import check_logger
 
     check_logger(cfg)
-    torch.set_num_threads(int(cfg.threads))
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     module = importlib.import_module(f"pipeline.stages.{cfg.stage}")
     return module.run(cfg)

@@ -149,9 +149,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: DictConfig) -> Artifact:
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
     sweep.validate(cfg)
-    ctx = StageContext(cfg)
+    ctx = ctx or StageContext(cfg)
     results = collect(ctx, upstream=True)
     if not results:
         raise RuntimeError(f"no sweep results for experiment {cfg.experiment_name!r}; run stage=sweep first")

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from pipeline.artifacts import Artifact
 from pipeline.stages import aggregate, sweep, train_filter, trajectories
+from pipeline.stages.common import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,8 @@ def run(cfg: DictConfig) -> Artifact:
         stage.validate(cfg)
     if cfg.trajectories.shard is not None:
         raise ValueError("trajectories.shard is for running stage=trajectories as array jobs; drop it for stage=all")
-    trajectories.run(cfg)
-    train_filter.run(cfg)
-    sweep.run(cfg)
-    return aggregate.run(cfg)
+    ctx = StageContext(cfg)  # one model load for the whole pipeline
+    trajectories.run(cfg, ctx)
+    train_filter.run(cfg, ctx)
+    sweep.run(cfg, ctx)
+    return aggregate.run(cfg, ctx)

@@ -135,9 +135,9 @@ def describe(setting: dict[str, Any]) -> str:
     return " ".join(parts) + f" L={setting['gen_length']}"
 
 
-def run(cfg: DictConfig) -> list[Artifact]:
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> list[Artifact]:
     validate(cfg)
-    ctx = StageContext(cfg)
+    ctx = ctx or StageContext(cfg)
     settings = planned_settings(cfg)
     if any(s["policy"] == "filter" and not s.get("filter_path") for s in settings):
         train_filter.ensure(ctx, upstream=True)  # fails early under reuse_only, before any result is written

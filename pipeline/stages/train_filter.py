@@ -94,6 +94,6 @@ def fit(ctx: StageContext, source: Artifact, work: Path, tracker) -> dict:
     return figures
 
 
-def run(cfg: DictConfig) -> Artifact:
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
     validate(cfg)
-    return ensure(StageContext(cfg))
+    return ensure(ctx or StageContext(cfg))

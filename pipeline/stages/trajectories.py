@@ -178,9 +178,9 @@ def load_shards(shards: Path):
     return concatenate_datasets(parts)
 
 
-def run(cfg: DictConfig) -> Artifact | None:
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact | None:
     validate(cfg)
-    ctx = StageContext(cfg)
+    ctx = ctx or StageContext(cfg)
     from pipeline.tracking import tracking
 
     artifact = ensure(ctx)

@@ -1,9 +1,13 @@
-"""Chained addition written out step by step: the embedded model's synthetic reasoning task.
+"""Repeated addition written out step by step: the embedded model's synthetic reasoning task.
 
-Prompt ``37+15+8=``; answer ``37+15=52,52+8=60#60``. Each step's sum (with carries) depends on the previous
-step's result, so answer tokens depend on each other and over-eager parallel decoding gets them wrong, while the
-copied operands are easy. With 2 to 6 terms the answer spans about 7 to 60 characters, so end-of-text padding
-fills most of a long window. Splits are disjoint by construction: a prompt's split is a hash bucket of its text.
+Prompt ``37+15*3=`` (start at 37, add 15 three times); answer ``37+15=52,52+15=67,67+15=82#82``. Each step's sum
+(with carries) depends on the previous step's result, so answer tokens depend on each other and over-eager
+parallel decoding gets them wrong, while the copied operands are easy. With 1 to 5 steps the answer spans about
+7 to 60 characters, so end-of-text padding fills most of a long window. Splits are disjoint by construction: a
+prompt's split is a hash bucket of its text.
+
+(An earlier variant summed distinct terms, ``37+15+8=``; a 1.3M-parameter model had not learned to look up the
+k-th term after 1,000 steps, so the operand is now the same at every step and the chain of carries stays.)
 """
 
 from __future__ import annotations
@@ -19,25 +23,26 @@ BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 20))}
 class ChainedAddition(Task):
     name = "arith"
 
-    def __init__(self, min_terms: int = 2, max_terms: int = 6, max_operand: int = 99, seed: int = 0) -> None:
-        if not 2 <= min_terms <= max_terms:
-            raise ValueError(f"task.min_terms={min_terms} and task.max_terms={max_terms}: need 2 <= min <= max")
+    def __init__(self, min_steps: int = 1, max_steps: int = 5, max_operand: int = 99, seed: int = 0) -> None:
+        if not 1 <= min_steps <= max_steps <= 9:
+            raise ValueError(f"task.min_steps={min_steps} and task.max_steps={max_steps}: need 1 <= min <= max <= 9")
         if max_operand < 1:
             raise ValueError(f"task.max_operand={max_operand}: must be >= 1")
-        self.min_terms, self.max_terms, self.max_operand, self.seed = min_terms, max_terms, max_operand, seed
+        self.min_steps, self.max_steps, self.max_operand, self.seed = min_steps, max_steps, max_operand, seed
 
     @staticmethod
-    def solve(terms: list[int]) -> tuple[str, str]:
-        steps, total = [], terms[0]
-        for term in terms[1:]:
-            steps.append(f"{total}+{term}={total + term}")
-            total += term
-        return ",".join(steps) + f"#{total}", str(total)
+    def solve(start: int, step: int, count: int) -> tuple[str, str]:
+        lines, total = [], start
+        for _ in range(count):
+            lines.append(f"{total}+{step}={total + step}")
+            total += step
+        return ",".join(lines) + f"#{total}", str(total)
 
     def sample(self, rng: random.Random) -> Example:
-        terms = [rng.randint(1, self.max_operand) for _ in range(rng.randint(self.min_terms, self.max_terms))]
-        answer, final = self.solve(terms)
-        return Example(prompt="+".join(map(str, terms)) + "=", answer=answer, final=final)
+        start, step = rng.randint(1, self.max_operand), rng.randint(1, self.max_operand)
+        count = rng.randint(self.min_steps, self.max_steps)
+        answer, final = self.solve(start, step, count)
+        return Example(prompt=f"{start}+{step}*{count}=", answer=answer, final=final)
 
     def stream(self, split: str, seed_offset: int = 0):
         """An endless seeded stream of examples from one split (pretraining reads this)."""
@@ -49,8 +54,13 @@ class ChainedAddition(Task):
                 yield example
 
     def examples(self, split: str, n: int) -> list[Example]:
-        stream = self.stream(split)
-        return [next(stream) for _ in range(n)]
+        """``n`` distinct prompts of ``split`` (the stream itself may repeat a prompt)."""
+        seen: dict[str, Example] = {}
+        for example in self.stream(split):
+            seen.setdefault(example.prompt, example)
+            if len(seen) == n:
+                return list(seen.values())
+        raise AssertionError("unreachable: the stream is endless")
 
     def extract_final(self, text: str) -> str | None:
         if "#" not in text:

@@ -1,0 +1,176 @@
+"""The pipeline end to end through the CLI: artifacts, reuse, kills, multirun, W&B, and clear failures."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from glob import glob
+from pathlib import Path
+
+import pytest
+
+from pipeline.artifacts import ArtifactSpec, ArtifactStore
+from pipeline.stages import aggregate, sweep, train_filter, trajectories
+from tests.test_cli import run_cli
+from tests.wandb_reader import summary_and_history
+
+EXPERIMENTS = sorted(Path(p).stem for p in glob(str(Path(__file__).parents[1] / "conf" / "experiment" / "*.yaml")))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(compose_cfg, experiment):
+    cfg = compose_cfg([f"+experiment={experiment}"])
+    assert cfg.experiment_name == experiment
+    for stage in (trajectories, train_filter, sweep):
+        stage.validate(cfg)
+    assert sweep.expand_grid(cfg), "an experiment sweeps at least one setting"
+
+
+def test_the_grid_expands_lists_as_a_product(compose_cfg):
+    cfg = compose_cfg(["+experiment=tiny"])
+    settings = sweep.expand_grid(cfg)
+    filters = [s for s in settings if s["policy"] == "filter"]
+    assert len(filters) == 8 and {(s["threshold"], s["eotp"]) for s in filters} == {
+        (t, e) for t in (0.5, 0.7, 0.9, 0.97) for e in (False, True)}
+    assert all(s["gen_length"] == 64 and s["block_length"] == 16 for s in settings)
+
+
+def artifacts(root: Path, stage: str) -> list[Path]:
+    return [p.parent for p in (root / "artifacts" / stage).glob("*/manifest.json")]
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("micro")
+    first = run_cli("+experiment=micro", f"output_dir={out}", "progress=false", timeout=600)
+    assert first.returncode == 0, first.stderr[-4000:]
+    second = run_cli("+experiment=micro", f"output_dir={out}", "progress=false", timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    return out, first, second
+
+
+def test_the_whole_pipeline_writes_every_artifact(micro_run):
+    out, first, _ = micro_run
+    (traj,) = artifacts(out, "trajectories")
+    manifest = json.loads((traj / "manifest.json").read_text())
+    assert manifest["figures"]["rows"] > 0 and 0 < manifest["figures"]["positive_rate"] < 1
+    assert (traj / "shards" / "shard-00000-of-00001" / "dataset_info.json").exists()
+    (trained,) = artifacts(out, "train_filter")
+    assert (trained / "filter" / "filter.safetensors").exists()
+    metrics = json.loads((trained / "manifest.json").read_text())["figures"]
+    assert {"val/auroc", "val/precision", "val/recall", "val/fpr"} <= set(metrics)
+    assert len(artifacts(out, "sweep")) == 5
+    (agg,) = artifacts(out, "aggregate")
+    for name in ("frontier.csv", "frontier.md", "frontier.png"):
+        assert (agg / name).stat().st_size > 0
+    assert "| setting | accuracy |" in first.stdout and "frontier plot:" in first.stdout
+
+
+def sweep_results(out: Path) -> dict[str, dict]:
+    results = {}
+    for path in artifacts(out, "sweep"):
+        data = json.loads((path / "result.json").read_text())
+        results[sweep.describe(data["setting"])] = data["metrics"]
+    return results
+
+
+def test_the_oracle_matches_vanilla_and_the_filter_saves_forward_passes(micro_run):
+    results = sweep_results(micro_run[0])
+    assert results["egp L=32"]["accuracy"] == results["vanilla L=32"]["accuracy"]
+    assert results["egp L=32"]["nfe_mean"] < results["vanilla L=32"]["nfe_mean"]
+    assert results["filter t=0.9 eotp L=32"]["nfe_mean"] < results["vanilla L=32"]["nfe_mean"]
+
+
+def test_a_rerun_reuses_everything(micro_run):
+    _, first, second = micro_run
+    assert "computing in" in first.stderr
+    assert "computing in" not in second.stderr
+    assert "nothing to compute" in second.stderr
+
+
+def test_wandb_offline_runs_hold_the_logged_metrics_table_and_plot(micro_run):
+    out = micro_run[0]
+    runs = {}
+    for run_dir in sorted((out / "wandb").glob("offline-run-*")):
+        summary, history, info = summary_and_history(run_dir)
+        runs.setdefault(info["job_type"], []).append((summary, history, info))
+    assert {"trajectories", "train_filter", "sweep", "aggregate"} <= set(runs)
+    summary, history, info = runs["aggregate"][0]
+    assert info["group"] == "micro" and info["name"].startswith("aggregate-")
+    assert summary["frontier/table/_type"] == "table-file" and summary["frontier/table/nrows"] == 5
+    assert summary["frontier/plot/_type"] == "image-file"
+    assert "L32/vanilla_accuracy" in summary
+    filter_summary = runs["train_filter"][0][0]
+    assert 0 <= filter_summary["val/auroc"] <= 1
+    assert sum("train/loss" in row for row in runs["train_filter"][0][1]) >= 10  # one per epoch
+
+
+def test_a_killed_stage_leaves_no_partial_artifact_and_the_rerun_finishes(tmp_path):
+    args = ["+experiment=micro", "stage=trajectories", "trajectories.num_prompts=36", "trajectories.num_shards=6",
+            "decode.gen_length=64", "decode.block_length=16", "logger=none", "progress=false"]
+    killed = tmp_path / "killed"
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args, f"output_dir={killed}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(killed.glob("artifacts/trajectories/*.partial/shards/shard-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(killed.glob("artifacts/trajectories/*.partial")), "the kill came before any work started"
+    assert not artifacts(killed, "trajectories"), "a killed run must not leave a complete-looking artifact"
+    resumed = run_cli(*args, f"output_dir={killed}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "already written, skipping" in resumed.stderr
+    clean = run_cli(*args, f"output_dir={tmp_path / 'clean'}")
+    assert clean.returncode == 0
+    (a,), (b,) = artifacts(killed, "trajectories"), artifacts(tmp_path / "clean", "trajectories")
+    assert a.name == b.name
+    figures = [json.loads((p / "manifest.json").read_text())["figures"] for p in (a, b)]
+    assert figures[0] == figures[1]
+
+
+def test_a_failed_computation_leaves_nothing_behind(tmp_path):
+    store = ArtifactStore(tmp_path)
+    spec = ArtifactSpec("demo", 1, {"x": 1})
+
+    def explode(work: Path) -> dict:
+        (work / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        store.materialize(spec, explode)
+    assert store.load(spec) is None and not store.all("demo")
+    artifact = store.materialize(spec, lambda work: {"answer": 42})
+    assert artifact.figures == {"answer": 42} and store.load(spec).key == spec.key
+
+
+@pytest.mark.parametrize("args,message", [
+    (["+experiment=nope"], "Could not find 'experiment/nope'"),
+    (["+experiment=micro", "stage=bake"], "stage='bake' is unknown"),
+    (["+experiment=micro", "decode.policy=greedy", "stage=sweep"], "decode.policy='greedy' is unknown"),
+    (["+experiment=micro", "sweep.grid=[{policy: threshold, threshold: 2}]"], "decode.threshold=2 is out of range"),
+    (["+experiment=micro", "sweep.grid=[{policy: filter, threshold: 0}]"], "decode.threshold=0 is out of range"),
+    (["+experiment=micro", "stage=sweep", "reuse_only=true"], "train_filter artifact"),
+    (["+experiment=micro", "stage=aggregate", "reuse_only=true"], "forbids computing it"),
+    (["+experiment=micro", "trajectories.policy=threshold"], "trajectories.policy='threshold' is unknown"),
+    (["+experiment=micro", "logger=none", "filter.features=[confidence,colour]"], "unknown or empty features"),
+])
+def test_bad_settings_give_a_clear_error_and_write_nothing(tmp_path, args, message):
+    result = run_cli(*args, f"output_dir={tmp_path}", "progress=false")
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "wandb").exists()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_a_multirun_evaluates_one_setting_per_job(tmp_path, launcher):
+    args = ["-m", "+experiment=micro", "stage=sweep", "decode=threshold", "decode.threshold=0.5,0.8",
+            f"output_dir={tmp_path}", "logger=none", "progress=false", f"hydra/launcher={launcher}"]
+    result = run_cli(*args, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = sweep_results(tmp_path)
+    assert set(results) == {"threshold t=0.5 L=32", "threshold t=0.8 L=32"}
