@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.artifacts import ArtifactSpec, ArtifactStore
-from pipeline.stages import aggregate, sweep, train_filter, trajectories
+from pipeline.stages import sweep, train_filter, trajectories
 from tests.test_cli import run_cli
 from tests.wandb_reader import summary_and_history
 

@@ -127,7 +127,7 @@ def generate_batch(
             rows = (x[:, start : start + width] == mask_id).any(-1).nonzero().squeeze(-1)
             if rows.numel() == 0 or (not policy.adaptive and step >= steps):
                 break
-            end = int(seq_end[rows].max())
+            end = max(int(seq_end[rows].max()), start + width)  # the whole block is queried; cut keys stay hidden
             keys = attention[rows, :end] & (torch.arange(end, device=device)[None, :] < seq_end[rows, None])
             logits = model(x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end]).logits
             logits = logits[:, start : start + width].float()
