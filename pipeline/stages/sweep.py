@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.artifacts import Artifact, ArtifactSpec, content_key, write_json_atomic
-from pipeline.decoding.policies import policy_class
+from pipeline.decoding.policies import check_threshold, policy_class
 from pipeline.evaluation import build_policy, decode_settings, evaluate_setting
 from pipeline.stages import train_filter
 from pipeline.stages.common import StageContext, model_identity, plain
@@ -57,17 +57,20 @@ def planned_settings(cfg: DictConfig) -> list[dict[str, Any]]:
     return [plain(cfg.decode)] if is_multirun() else expand_grid(cfg)
 
 
-def validate(cfg: DictConfig) -> None:
-    for setting in planned_settings(cfg):
-        decode_cfg = OmegaConf.create(setting)
-        decode_settings(decode_cfg)
-        cls = policy_class(decode_cfg.policy)
-        if cls.name != "filter":
-            build_policy(decode_cfg, torch.device("cpu"))
-        else:
-            from pipeline.decoding.policies import check_threshold
+def check_decode(setting: dict[str, Any]) -> None:
+    """Every decode setting is checked before any work; a filter's weights are checked when it is loaded."""
+    decode_cfg = OmegaConf.create(setting)
+    decode_settings(decode_cfg)
+    if policy_class(decode_cfg.policy).name == "filter":
+        check_threshold(decode_cfg.threshold, "decode.threshold")
+    else:
+        build_policy(decode_cfg, torch.device("cpu"))
 
-            check_threshold(decode_cfg.threshold, "decode.threshold")
+
+def validate(cfg: DictConfig) -> None:
+    check_decode(plain(cfg.decode))  # the user's decode choice is validated even when the grid overrides it
+    for setting in planned_settings(cfg):
+        check_decode(setting)
     if any(s["policy"] == "filter" and not s.get("filter_path") for s in planned_settings(cfg)):
         train_filter.validate(cfg)
 
