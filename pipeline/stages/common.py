@@ -52,6 +52,7 @@ class StageContext:
     store: ArtifactStore = field(init=False)
     _loaded: LoadedModel | None = field(default=None, init=False)
     _task: Task | None = field(default=None, init=False)
+    fresh: set[str] = field(default_factory=set, init=False)  # artifact keys computed by this invocation
 
     def __post_init__(self) -> None:
         self.store = ArtifactStore(self.cfg.output_dir)

@@ -8,6 +8,7 @@ oracle reuses the vanilla result's outputs as references; the filter policy uses
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -18,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.artifacts import Artifact, ArtifactSpec, content_key, write_json_atomic
+from pipeline.decoding import DecodeSettings
 from pipeline.decoding.policies import check_threshold, policy_class
 from pipeline.evaluation import build_policy, decode_settings, evaluate_setting
 from pipeline.stages import train_filter
@@ -27,6 +29,16 @@ from pipeline.tracking import tracking
 log = logging.getLogger(__name__)
 VERSION = 1
 SPEED_ONLY = ("batch_size",)  # changes speed, not outputs; kept in the key because speed is a result
+
+
+POLICY_PARAMETERS = {"threshold": ("threshold",), "filter": ("threshold", "filter_path"), "factor": ("factor",)}
+LOOP_FIELDS = tuple(f.name for f in dataclasses.fields(DecodeSettings))
+
+
+def canonical(setting: dict[str, Any]) -> dict[str, Any]:
+    """Only what the policy reads, so a setting has one key however it was written (grid, multirun, oracle)."""
+    keep = ("policy", *LOOP_FIELDS, *POLICY_PARAMETERS.get(setting["policy"], ()))
+    return {k: setting.get(k) for k in keep}
 
 
 def expand_grid(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -40,9 +52,7 @@ def expand_grid(cfg: DictConfig) -> list[dict[str, Any]]:
             for values in itertools.product(*lists.values()):
                 setting = {**base, **entry, **dict(zip(lists, values)), "gen_length": gen_length,
                            "block_length": cfg.sweep.block_length, "steps": None}
-                if setting["policy"] not in ("filter",):
-                    setting.pop("filter_path", None)
-                settings.append(setting)
+                settings.append(canonical(setting))
     return settings
 
 
@@ -54,7 +64,7 @@ def is_multirun() -> bool:
 
 
 def planned_settings(cfg: DictConfig) -> list[dict[str, Any]]:
-    return [plain(cfg.decode)] if is_multirun() else expand_grid(cfg)
+    return [canonical(plain(cfg.decode))] if is_multirun() else expand_grid(cfg)
 
 
 def check_decode(setting: dict[str, Any]) -> None:
@@ -93,8 +103,7 @@ def spec_for(ctx: StageContext, setting: dict[str, Any]) -> ArtifactSpec:
 
 def vanilla_of(setting: dict[str, Any]) -> dict[str, Any]:
     """The vanilla setting whose outputs the oracle reproduces (same window, block and steps)."""
-    return {k: v for k, v in {**setting, "policy": "vanilla", "eotp": False}.items()
-            if k not in ("threshold", "factor", "filter_path")}
+    return canonical({**setting, "policy": "vanilla", "eotp": False})
 
 
 def evaluate(ctx: StageContext, setting: dict[str, Any]) -> Artifact:
@@ -107,7 +116,7 @@ def evaluate(ctx: StageContext, setting: dict[str, Any]) -> Artifact:
     if policy_class(setting["policy"]).needs_references:
         references = torch.load(evaluate(ctx, vanilla_of(setting)).path / "tokens.pt")
     existing = ctx.store.load(spec)
-    if existing is not None and not ctx.forced("sweep"):
+    if existing is not None and (not ctx.forced("sweep") or spec.key in ctx.fresh):
         log.info("sweep %s: complete, reusing %s (nothing to compute)", spec.key, describe(setting))
         return existing
 
@@ -124,7 +133,9 @@ def evaluate(ctx: StageContext, setting: dict[str, Any]) -> Artifact:
                  m["nfe_mean"], m["tokens_per_s"])
         return {**m, "policy": setting["policy"], "label": describe(setting)}
 
-    return ctx.store.materialize(spec, compute, force=True)
+    artifact = ctx.store.materialize(spec, compute, force=True)
+    ctx.fresh.add(spec.key)
+    return artifact
 
 
 def describe(setting: dict[str, Any]) -> str:
