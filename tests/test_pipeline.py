@@ -52,6 +52,7 @@ def micro_run(tmp_path_factory):
     return out, first, second
 
 
+@pytest.mark.slow
 def test_the_whole_pipeline_writes_every_artifact(micro_run):
     out, first, _ = micro_run
     (traj,) = artifacts(out, "trajectories")
@@ -77,6 +78,7 @@ def sweep_results(out: Path) -> dict[str, dict]:
     return results
 
 
+@pytest.mark.slow
 def test_the_oracle_matches_vanilla_and_the_filter_saves_forward_passes(micro_run):
     results = sweep_results(micro_run[0])
     assert results["egp L=32"]["accuracy"] == results["vanilla L=32"]["accuracy"]
@@ -84,6 +86,7 @@ def test_the_oracle_matches_vanilla_and_the_filter_saves_forward_passes(micro_ru
     assert results["filter t=0.9 eotp L=32"]["nfe_mean"] < results["vanilla L=32"]["nfe_mean"]
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_everything(micro_run):
     _, first, second = micro_run
     assert "computing in" in first.stderr
@@ -91,6 +94,7 @@ def test_a_rerun_reuses_everything(micro_run):
     assert "nothing to compute" in second.stderr
 
 
+@pytest.mark.slow
 def test_wandb_offline_runs_hold_the_logged_metrics_table_and_plot(micro_run):
     out = micro_run[0]
     runs = {}
@@ -108,6 +112,7 @@ def test_wandb_offline_runs_hold_the_logged_metrics_table_and_plot(micro_run):
     assert sum("train/loss" in row for row in runs["train_filter"][0][1]) >= 10  # one per epoch
 
 
+@pytest.mark.slow
 def test_a_killed_stage_leaves_no_partial_artifact_and_the_rerun_finishes(tmp_path):
     args = ["+experiment=micro", "stage=trajectories", "trajectories.num_prompts=36", "trajectories.num_shards=6",
             "decode.gen_length=64", "decode.block_length=16", "logger=none", "progress=false"]
@@ -166,6 +171,7 @@ def test_bad_settings_give_a_clear_error_and_write_nothing(tmp_path, args, messa
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "wandb").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_a_multirun_evaluates_one_setting_per_job(tmp_path, launcher):
     args = ["-m", "+experiment=micro", "stage=sweep", "decode=threshold", "decode.threshold=0.5,0.8",
