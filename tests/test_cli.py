@@ -66,3 +66,10 @@ def test_pretraining_a_micro_model_for_a_few_steps_saves_a_loadable_model(tmp_pa
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stderr
+
+
+def test_evaluate_decodes_the_test_split_with_the_shipped_model(tmp_path):
+    result = run_cli("stage=evaluate", f"output_dir={tmp_path}", "decode=egp", "decode.eotp=true",
+                     "decode.gen_length=32", "decode.block_length=8", "eval.num_prompts=8", "progress=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "egp gen_length=32 block=8 eotp=True: accuracy" in result.stderr
