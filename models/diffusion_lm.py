@@ -7,11 +7,13 @@ like a hub dLLM, so the decoder drives it and LLaDA the same way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers.utils import ModelOutput
 
 
 class DiffusionLMConfig(PretrainedConfig):
@@ -84,6 +86,23 @@ class RotaryEmbedding(nn.Module):
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+@dataclass
+class BlockCache:
+    """Every layer's rotated keys and values for a whole sequence (Fast-dLLM's approximate block cache)."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)  # per layer [batch, heads, seq, head_dim]
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    def select(self, rows: torch.Tensor) -> BlockCache:
+        return BlockCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
+
+
+@dataclass
+class DiffusionLMOutput(ModelOutput):
+    logits: torch.Tensor | None = None
+    cache: BlockCache | None = None
+
+
 class Attention(nn.Module):
     def __init__(self, config: DiffusionLMConfig) -> None:
         super().__init__()
@@ -92,11 +111,19 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
         self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None):
+    def forward(self, x, cos, sin, key_mask, past: tuple[torch.Tensor, torch.Tensor] | None = None, offset: int = 0,
+                record: BlockCache | None = None):
+        """With ``past``, ``x`` holds only positions ``offset..offset+seq`` and attends to cached keys elsewhere."""
         batch, seq, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if record is not None:
+            record.keys.append(k)
+            record.values.append(v)
+        if past is not None:
+            k = torch.cat((past[0][:, :, :offset], k, past[0][:, :, offset + seq :]), dim=2)
+            v = torch.cat((past[1][:, :, :offset], v, past[1][:, :, offset + seq :]), dim=2)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # broadcast over heads and queries
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # bidirectional: no causal mask
         return self.out(y.transpose(1, 2).reshape(batch, seq, -1))
@@ -121,8 +148,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x, cos, sin, key_mask):
-        x = x + self.attn(self.attn_norm(x), cos, sin, key_mask)
+    def forward(self, x, cos, sin, key_mask, past=None, offset: int = 0, record: BlockCache | None = None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, key_mask, past, offset, record)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -131,6 +158,7 @@ class DiffusionLM(PreTrainedModel):
 
     config_class = DiffusionLMConfig
     base_model_prefix = "model"
+    supports_block_cache = True  # the decoder's prefix/dual cache modes drive forward(past=..., return_cache=...)
     _no_split_modules = ["Block"]
 
     def __init__(self, config: DiffusionLMConfig) -> None:
@@ -153,17 +181,28 @@ class DiffusionLM(PreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        past: BlockCache | None = None,
+        past_offset: int = 0,
+        return_cache: bool = False,
         **_: object,
-    ) -> MaskedLMOutput:
-        """``attention_mask`` (1 = real token) hides padding as keys; positions count real tokens only."""
+    ) -> DiffusionLMOutput:
+        """``attention_mask`` (1 = real token) hides padding as keys; positions count real tokens only.
+
+        With ``past``, ``input_ids`` are the positions ``past_offset ..`` of a sequence whose other keys and values
+        come from the cache (``attention_mask`` then covers the whole sequence); ``return_cache`` records them.
+        """
         key_mask = None if attention_mask is None else attention_mask.bool()
         if position_ids is None:
             if attention_mask is None:
                 position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+                position_ids = position_ids + past_offset
             else:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                position_ids = position_ids[:, past_offset : past_offset + input_ids.shape[1]]
         x = self.embed(input_ids)
         cos, sin = self.rotary(position_ids, x.dtype)
-        for block in self.blocks:
-            x = block(x, cos, sin, key_mask)
-        return MaskedLMOutput(logits=self.lm_head(self.norm(x)))
+        record = BlockCache() if return_cache else None
+        for layer, block in enumerate(self.blocks):
+            layer_past = None if past is None else (past.keys[layer], past.values[layer])
+            x = block(x, cos, sin, key_mask, layer_past, past_offset, record)
+        return DiffusionLMOutput(logits=self.lm_head(self.norm(x)), cache=record)

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from models import DiffusionLM, DiffusionLMConfig
 from pipeline.data import encode_prompt
 from pipeline.decoding import DecodeSettings, decode
 from pipeline.decoding.policies import ExtremelyGreedy, Factor, LearnedFilter, Threshold, Vanilla, policy_class
@@ -104,11 +105,11 @@ def test_gumbel_max_samples_the_softmax():
     assert torch.equal(gumbel_argmax(logits, 0.0, None), logits.argmax(-1))
 
 
-@pytest.mark.parametrize("window", [(64, 16), (256, 32)])
-def test_the_oracle_reproduces_vanilla_with_fewer_nfe(shipped_model, window):
+@pytest.mark.parametrize("window,count", [((64, 16), 32), ((256, 32), 8)])
+def test_the_oracle_reproduces_vanilla_with_fewer_nfe(shipped_model, window, count):
     model, tokenizer = shipped_model
-    prompts = prompts_for(tokenizer, 24)
-    settings = DecodeSettings(gen_length=window[0], block_length=window[1], batch_size=24)
+    prompts = prompts_for(tokenizer, count)
+    settings = DecodeSettings(gen_length=window[0], block_length=window[1], batch_size=count)
     vanilla = decode(model, prompts, Vanilla(), settings, MASK, EOS)
     oracle = decode(model, prompts, ExtremelyGreedy(), settings, MASK, EOS, references=vanilla.tokens)
     assert torch.equal(oracle.tokens, vanilla.tokens)
@@ -117,8 +118,8 @@ def test_the_oracle_reproduces_vanilla_with_fewer_nfe(shipped_model, window):
 
 def test_eotp_keeps_the_text_before_the_first_end_of_text_under_the_oracle(shipped_model):
     model, tokenizer = shipped_model
-    prompts = prompts_for(tokenizer, 24)
-    settings = DecodeSettings(gen_length=128, block_length=32, batch_size=24)
+    prompts = prompts_for(tokenizer, 16)
+    settings = DecodeSettings(gen_length=128, block_length=32, batch_size=16)
     vanilla = decode(model, prompts, Vanilla(), settings, MASK, EOS)
     cut = decode(model, prompts, ExtremelyGreedy(), dataclasses.replace(settings, eotp=True), MASK, EOS,
                  references=vanilla.tokens)
@@ -181,3 +182,39 @@ def test_empty_prompts_and_overlong_windows_are_refused(micro_model, tokenizer):
 def test_the_oracle_without_references_is_refused(micro_model, tokenizer):
     with pytest.raises(ValueError, match="needs reference outputs"):
         decode(micro_model, prompts_for(tokenizer, 1), ExtremelyGreedy(), DecodeSettings(), MASK, EOS)
+
+
+def test_cached_keys_and_values_reproduce_a_full_forward_pass(micro_model):
+    ids = torch.randint(3, 20, (3, 24))
+    mask = torch.ones(3, 24, dtype=torch.bool)
+    mask[0, :5] = False
+    full = micro_model(ids, attention_mask=mask, return_cache=True)
+    block = micro_model(ids[:, 8:16], attention_mask=mask, past=full.cache, past_offset=8).logits
+    assert torch.allclose(block, full.logits[:, 8:16], atol=1e-5)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_caches_are_exact_for_a_one_layer_model_and_complete_for_deeper_ones(micro_model, tokenizer, cache):
+    """With one layer a cached key depends only on its own token, so nothing is ever stale: outputs must match."""
+    torch.manual_seed(2)
+    config = DiffusionLMConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64)
+    one_layer = DiffusionLM(config).eval()
+    one_layer.lm_head.weight.data[MASK] = 0.0
+    prompts = prompts_for(tokenizer, 5)
+    settings = DecodeSettings(gen_length=32, block_length=8, batch_size=3, eotp=True)
+    for policy in (Vanilla(), Threshold(0.2)):
+        plain = decode(one_layer, prompts, policy, settings, MASK, EOS)
+        cached = decode(one_layer, prompts, policy, dataclasses.replace(settings, cache=cache), MASK, EOS)
+        assert torch.equal(plain.tokens, cached.tokens) and torch.equal(plain.nfe, cached.nfe)
+    deep = decode(micro_model, prompts, Threshold(0.3), dataclasses.replace(settings, cache=cache), MASK, EOS)
+    assert not (deep.tokens == MASK).any()
+
+
+def test_a_cache_on_a_model_without_support_is_refused(tokenizer):
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids, **_):
+            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 8)})()
+
+    with pytest.raises(ValueError, match="decode.cache=dual needs a model with block-cache support"):
+        decode(Plain(), prompts_for(tokenizer, 1), Vanilla(), DecodeSettings(cache="dual"), MASK, EOS)

@@ -20,6 +20,7 @@ from pipeline.decoding.policies import Policy, StepView
 from pipeline.decoding.schedule import gumbel_argmax, vanilla_schedule
 
 REMASKING = ("low_confidence", "random")
+CACHES = ("none", "prefix", "dual")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class DecodeSettings:
     eotp: bool = False
     batch_size: int = 32
     seed: int = 0
+    cache: str = "none"  # none | prefix | dual (Fast-dLLM's approximate KV caches; change outputs slightly)
 
     @property
     def total_steps(self) -> int:
@@ -62,6 +64,8 @@ class DecodeSettings:
             )
         if self.temperature < 0:
             raise ValueError(f"decode.temperature={self.temperature}: allowed: a number >= 0")
+        if self.cache not in CACHES:
+            raise ValueError(f"decode.cache={self.cache!r} is unknown; allowed: {', '.join(CACHES)}")
         if self.remasking not in REMASKING:
             raise ValueError(f"decode.remasking={self.remasking!r} is unknown; allowed: {', '.join(REMASKING)}")
         return self
@@ -127,10 +131,20 @@ def generate_batch(
             rows = (x[:, start : start + width] == mask_id).any(-1).nonzero().squeeze(-1)
             if rows.numel() == 0 or (not policy.adaptive and step >= steps):
                 break
-            end = max(int(seq_end[rows].max()), start + width)  # the whole block is queried; cut keys stay hidden
-            keys = attention[rows, :end] & (torch.arange(end, device=device)[None, :] < seq_end[rows, None])
-            logits = model(x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end]).logits
-            logits = logits[:, start : start + width].float()
+            if step == 0 or settings.cache == "none":
+                end = max(int(seq_end[rows].max()), start + width)  # the whole block is queried; cut keys hidden
+                keys = attention[rows, :end] & (torch.arange(end, device=device)[None, :] < seq_end[rows, None])
+                out = model(x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end],
+                            **({"return_cache": True} if settings.cache != "none" else {}))
+                logits = out.logits[:, start : start + width].float()
+                cache, cache_rows = out.get("cache") if settings.cache != "none" else None, rows
+            else:  # Fast-dLLM caches: refreshed at the block's first step, reused (stale) for the others
+                past = cache.select(torch.searchsorted(cache_rows, rows))
+                stop = end if settings.cache == "prefix" else start + width
+                keys = attention[rows, :end] & (torch.arange(end, device=device)[None, :] < seq_end[rows, None])
+                out = model(x[rows, start:stop], attention_mask=keys, position_ids=positions[rows, start:stop],
+                            past=past, past_offset=start)
+                logits = out.logits[:, :width].float()
             logits[..., mask_id] = float("-inf")  # committing the mask token itself would stall the block
             nfe[rows.cpu()] += 1
             block_tokens = x[rows, start : start + width]
@@ -185,6 +199,9 @@ def decode(
 ) -> DecodeOutput:
     """Decode all prompts in batches of ``settings.batch_size``; validates everything before the first step."""
     settings.validate()
+    if settings.cache != "none" and not getattr(model, "supports_block_cache", False):
+        raise ValueError(f"decode.cache={settings.cache} needs a model with block-cache support (the embedded "
+                         f"model); allowed for {type(model).__name__}: none")
     check_prompts(prompts, settings.gen_length, max_context)
     if references is not None and references.shape != (len(prompts), settings.gen_length):
         raise ValueError(

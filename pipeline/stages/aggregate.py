@@ -22,8 +22,8 @@ from pipeline.tracking import tracking
 
 log = logging.getLogger(__name__)
 VERSION = 1
-COLUMNS = ("label", "policy", "eotp", "threshold", "gen_length", "accuracy", "full_match", "nfe_mean", "nfe_p50",
-           "nfe_p90", "speedup_nfe", "speedup_wall", "tokens_per_s", "wall_time_s", "frontier_nfe",
+COLUMNS = ("label", "policy", "eotp", "cache", "threshold", "gen_length", "accuracy", "full_match", "nfe_mean",
+           "nfe_p50", "nfe_p90", "speedup_nfe", "speedup_wall", "tokens_per_s", "wall_time_s", "frontier_nfe",
            "frontier_wall", "key")
 
 
@@ -49,6 +49,7 @@ def frontier_rows(results: list[Artifact]) -> list[dict[str, Any]]:
         decode, m = artifact.manifest["settings"]["decode"], artifact.figures
         rows.append({
             "label": m["label"], "policy": decode["policy"], "eotp": bool(decode.get("eotp")),
+            "cache": decode.get("cache") or "none",
             "threshold": decode.get("threshold", decode.get("factor")), "gen_length": decode["gen_length"],
             "accuracy": m["accuracy"], "full_match": m["full_match"], "nfe_mean": m["nfe_mean"],
             "nfe_p50": m["nfe_p50"], "nfe_p90": m["nfe_p90"], "tokens_per_s": m["tokens_per_s"],
@@ -56,7 +57,7 @@ def frontier_rows(results: list[Artifact]) -> list[dict[str, Any]]:
         })
     for gen_length in {r["gen_length"] for r in rows}:
         group = [r for r in rows if r["gen_length"] == gen_length]
-        base = next((r for r in group if r["policy"] == "vanilla" and not r["eotp"]), None)
+        base = next((r for r in group if r["policy"] == "vanilla" and not r["eotp"] and r["cache"] == "none"), None)
         for r in group:
             r["speedup_nfe"] = base["nfe_mean"] / r["nfe_mean"] if base else float("nan")
             r["speedup_wall"] = base["wall_time_s"] / r["wall_time_s"] if base else float("nan")
@@ -78,7 +79,7 @@ def headline(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for gen_length in sorted({r["gen_length"] for r in rows}):
         group = [r for r in rows if r["gen_length"] == gen_length]
-        base = next((r for r in group if r["policy"] == "vanilla" and not r["eotp"]), None)
+        base = next((r for r in group if r["policy"] == "vanilla" and not r["eotp"] and r["cache"] == "none"), None)
         filters = [r for r in group if r["policy"] == "filter"]
         thresholds = [r for r in group if r["policy"] == "threshold"]
         if base and filters:
@@ -127,12 +128,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for row_axes, gen_length in zip(axes, lengths):
         group = [r for r in rows if r["gen_length"] == gen_length]
         for ax, axis, title in zip(row_axes, ("nfe", "wall"), ("NFE", "wall-clock")):
-            families = sorted({(r["policy"], r["eotp"]) for r in group})
-            for policy, eotp in families:
-                pts = sorted((r for r in group if (r["policy"], r["eotp"]) == (policy, eotp)),
+            families = sorted({(r["policy"], r["eotp"], r["cache"]) for r in group})
+            for policy, eotp, cache in families:
+                pts = sorted((r for r in group if (r["policy"], r["eotp"], r["cache"]) == (policy, eotp, cache)),
                              key=lambda r: r[f"speedup_{axis}"])
+                name = policy + (" + EoTP" if eotp else "") + ("" if cache == "none" else f" + {cache} cache")
                 ax.plot([p[f"speedup_{axis}"] for p in pts], [100 * p["accuracy"] for p in pts], marker="o",
-                        linestyle="-" if eotp else "--", label=policy + (" + EoTP" if eotp else ""))
+                        linestyle="-" if eotp else "--", label=name)
             front = sorted((r for r in group if r[f"frontier_{axis}"]), key=lambda r: r[f"speedup_{axis}"])
             ax.plot([p[f"speedup_{axis}"] for p in front], [100 * p["accuracy"] for p in front], color="black",
                     linewidth=1, drawstyle="steps-post", zorder=0)

@@ -146,6 +146,8 @@ def describe(setting: dict[str, Any]) -> str:
         parts.append(f"f={setting['factor']}")
     if setting.get("eotp"):
         parts.append("eotp")
+    if setting.get("cache", "none") != "none":
+        parts.append(f"{setting['cache']}-cache")
     return " ".join(parts) + f" L={setting['gen_length']}"
 
 
