@@ -83,7 +83,8 @@ def test_the_oracle_matches_vanilla_and_the_filter_saves_forward_passes(micro_ru
     results = sweep_results(micro_run[0])
     assert results["egp L=32"]["accuracy"] == results["vanilla L=32"]["accuracy"]
     assert results["egp L=32"]["nfe_mean"] < results["vanilla L=32"]["nfe_mean"]
-    assert results["filter t=0.9 eotp L=32"]["nfe_mean"] < results["vanilla L=32"]["nfe_mean"]
+    assert results["filter t=0.7 L=32"]["nfe_mean"] < results["vanilla L=32"]["nfe_mean"]
+    assert results["filter t=0.7 eotp L=32"]["nfe_mean"] < results["filter t=0.7 L=32"]["nfe_mean"]
 
 
 @pytest.mark.slow

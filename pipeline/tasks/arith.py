@@ -1,13 +1,15 @@
 """Repeated addition written out step by step: the embedded model's synthetic reasoning task.
 
-Prompt ``37+15*3=`` (start at 37, add 15 three times); answer ``37+15=52,52+15=67,67+15=82#82``. Each step's sum
-(with carries) depends on the previous step's result, so answer tokens depend on each other and over-eager
-parallel decoding gets them wrong, while the copied operands are easy. With 1 to 5 steps the answer spans about
-7 to 60 characters, so end-of-text padding fills most of a long window. Splits are disjoint by construction: a
-prompt's split is a hash bucket of its text.
+Prompt ``037+15*3=`` (start at 37, add 15 three times); answer ``037+15=052,052+15=067,067+15=082#082``. Each
+step's sum (with carries) depends on the previous step's result, so answer tokens depend on each other and
+over-eager parallel decoding gets them wrong, while the copied operands are easy. With 1 to 5 steps the answer
+spans 14 to 58 characters, so end-of-text padding fills most of a long window. Splits are disjoint by
+construction: a prompt's split is a hash bucket of its text.
 
-(An earlier variant summed distinct terms, ``37+15+8=``; a 1.3M-parameter model had not learned to look up the
-k-th term after 1,000 steps, so the operand is now the same at every step and the chain of carries stays.)
+Numbers are zero-padded to fixed widths (totals 3 digits, the step 2) so that digits of equal place line up at
+fixed offsets: with free-width numbers a 1.3M-parameter model learned to copy operands but not to add them
+within 2,000 steps. An earlier variant summing distinct terms (``37+15+8=``) also failed to learn to find the
+k-th term.
 """
 
 from __future__ import annotations
@@ -26,23 +28,23 @@ class ChainedAddition(Task):
     def __init__(self, min_steps: int = 1, max_steps: int = 5, max_operand: int = 99, seed: int = 0) -> None:
         if not 1 <= min_steps <= max_steps <= 9:
             raise ValueError(f"task.min_steps={min_steps} and task.max_steps={max_steps}: need 1 <= min <= max <= 9")
-        if max_operand < 1:
-            raise ValueError(f"task.max_operand={max_operand}: must be >= 1")
+        if not 1 <= max_operand <= 99:
+            raise ValueError(f"task.max_operand={max_operand}: allowed: 1 to 99 (two-digit steps, three-digit totals)")
         self.min_steps, self.max_steps, self.max_operand, self.seed = min_steps, max_steps, max_operand, seed
 
     @staticmethod
     def solve(start: int, step: int, count: int) -> tuple[str, str]:
         lines, total = [], start
         for _ in range(count):
-            lines.append(f"{total}+{step}={total + step}")
+            lines.append(f"{total:03d}+{step:02d}={total + step:03d}")
             total += step
-        return ",".join(lines) + f"#{total}", str(total)
+        return ",".join(lines) + f"#{total:03d}", f"{total:03d}"
 
     def sample(self, rng: random.Random) -> Example:
         start, step = rng.randint(1, self.max_operand), rng.randint(1, self.max_operand)
         count = rng.randint(self.min_steps, self.max_steps)
         answer, final = self.solve(start, step, count)
-        return Example(prompt=f"{start}+{step}*{count}=", answer=answer, final=final)
+        return Example(prompt=f"{start:03d}+{step:02d}*{count}=", answer=answer, final=final)
 
     def stream(self, split: str, seed_offset: int = 0):
         """An endless seeded stream of examples from one split (pretraining reads this)."""
