@@ -50,7 +50,11 @@ def training_batch(tokenizer, examples: Sequence[Example], window: int) -> dict[
 
 
 class PretrainStream(IterableDataset):
-    """Endless batches from a task's training stream, each with a window length drawn from ``windows``."""
+    """Endless batches from a task's training stream, each with a window length drawn from ``windows``.
+
+    A window of 0 means "tight": the longest answer of the batch plus one end-of-text, the context a sequence
+    has after an EoTP cut, which a model trained only on long padded windows has never seen.
+    """
 
     def __init__(self, task, tokenizer, batch_size: int, windows: Sequence[int], window_weights: Sequence[float],
                  seed: int) -> None:
@@ -63,4 +67,7 @@ class PretrainStream(IterableDataset):
         examples, rng = self.task.stream("train", seed_offset=offset), random.Random(offset)
         while True:
             window = rng.choices(self.windows, weights=self.window_weights)[0]
-            yield training_batch(self.tokenizer, [next(examples) for _ in range(self.batch_size)], window)
+            batch = [next(examples) for _ in range(self.batch_size)]
+            if window == 0:
+                window = max(len(self.tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) for ex in batch) + 1
+            yield training_batch(self.tokenizer, batch, window)
