@@ -164,15 +164,15 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
     spec = ArtifactSpec("aggregate", VERSION, {"results": sorted(r.key for r in results),
                                                "tolerance": cfg.aggregate.tolerance}, labels=ctx.labels())
 
+    rows = frontier_rows(results)
+
     def compute(work: Path) -> dict[str, Any]:
-        rows = frontier_rows(results)
         write_csv(rows, work / "frontier.csv")
         (work / "frontier.md").write_text(markdown(rows))
         plot(rows, work / "frontier.png")
         return {"settings": len(rows), **headline(rows, cfg.aggregate.tolerance)}
 
     artifact = ctx.store.materialize(spec, compute, force=ctx.forced("aggregate"))
-    rows = frontier_rows(results)
     with tracking(cfg, "aggregate", artifact.key) as tracker:
         tracker.log_table("frontier/table", [{c: r[c] for c in COLUMNS} for r in rows])
         tracker.log_image("frontier/plot", artifact.path / "frontier.png")

@@ -7,6 +7,7 @@ Every ``val_every`` steps a vanilla decode of validation prompts reports exact m
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -90,8 +91,6 @@ def run(cfg: DictConfig) -> Path:
     module.model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if save_to.exists():
-        import shutil
-
         shutil.rmtree(save_to)
     tmp.rename(save_to)
     log.info("saved the model and tokenizer to %s", save_to)

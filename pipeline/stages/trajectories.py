@@ -11,6 +11,7 @@ shard exists.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -145,9 +146,7 @@ def ensure(ctx: StageContext, upstream: bool = False) -> Artifact | None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
+                shutil.rmtree(target)
         compute_shard(ctx, index, target)
     done = [shard_name(i, t.num_shards) for i in range(t.num_shards)
             if (work / "shards" / shard_name(i, t.num_shards)).exists()]
