@@ -42,14 +42,14 @@ def test_splits_are_seeded_disjoint_and_varied():
     train = {ex.prompt for ex in task.examples("train", 3000)}
     assert not train & {ex.prompt for ex in test}
     lengths = [len(ex.answer) for ex in test]
-    assert min(lengths) == 14 and max(lengths) == 58
+    assert min(lengths) == 16 and max(lengths) == 55
     assert len({ex.prompt for ex in test}) == len(test)
 
 
 def test_answers_are_worked_chains_and_the_scorer_reads_the_final_answer():
     task = ChainedAddition()
     answer, final = task.solve(48, 7, 2)
-    assert (answer, final) == ("048+07=055,055+07=062#062", "062")
+    assert (answer, final) == ("2:048+07=055,1:055+07=062#062", "062")
     example = task.examples("test", 1)[0]
     assert task.score(example, example.answer).exact_match and task.score(example, example.answer).full_match
     wrong_steps = example.answer.replace(",", ";", 1) if "," in example.answer else "x" + example.answer

@@ -1,10 +1,15 @@
 """Repeated addition written out step by step: the embedded model's synthetic reasoning task.
 
-Prompt ``037+15*3=`` (start at 37, add 15 three times); answer ``037+15=052,052+15=067,067+15=082#082``. Each
-step's sum (with carries) depends on the previous step's result, so answer tokens depend on each other and
-over-eager parallel decoding gets them wrong, while the copied operands are easy. With 1 to 5 steps the answer
-spans 14 to 58 characters, so end-of-text padding fills most of a long window. Splits are disjoint by
-construction: a prompt's split is a hash bucket of its text.
+Prompt ``037+15*3=`` (start at 37, add 15 three times); answer
+``3:037+15=052,2:052+15=067,1:067+15=082#082``. Each step's sum (with carries) depends on the previous step's
+result, so answer tokens depend on each other and over-eager parallel decoding gets them wrong, while the copied
+operands are easy. With 1 to 4 steps the answer spans 16 to 55 characters, so end-of-text padding fills most of a
+long window. Splits are disjoint by construction: a prompt's split is a hash bucket of its text.
+
+Each line starts with the number of additions still to do, so the decision to stop is local (the line after
+``1:`` is the final answer). Without that countdown the model had to tell the line index from the position alone:
+a 1.3M-parameter model trained 4,400 steps summed single lines correctly but mostly ran past the requested count
+(25% exact match, 2% at three steps).
 
 Numbers are zero-padded to fixed widths (totals 3 digits, the step 2) so that digits of equal place line up at
 fixed offsets: with free-width numbers a 1.3M-parameter model learned to copy operands but not to add them
@@ -25,7 +30,7 @@ BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 20))}
 class ChainedAddition(Task):
     name = "arith"
 
-    def __init__(self, min_steps: int = 1, max_steps: int = 5, max_operand: int = 99, seed: int = 0) -> None:
+    def __init__(self, min_steps: int = 1, max_steps: int = 4, max_operand: int = 99, seed: int = 0) -> None:
         if not 1 <= min_steps <= max_steps <= 9:
             raise ValueError(f"task.min_steps={min_steps} and task.max_steps={max_steps}: need 1 <= min <= max <= 9")
         if not 1 <= max_operand <= 99:
@@ -35,8 +40,8 @@ class ChainedAddition(Task):
     @staticmethod
     def solve(start: int, step: int, count: int) -> tuple[str, str]:
         lines, total = [], start
-        for _ in range(count):
-            lines.append(f"{total:03d}+{step:02d}={total + step:03d}")
+        for remaining in range(count, 0, -1):
+            lines.append(f"{remaining}:{total:03d}+{step:02d}={total + step:03d}")
             total += step
         return ",".join(lines) + f"#{total:03d}", f"{total:03d}"
 
