@@ -28,10 +28,13 @@ def decode_answer(tokenizer, window: Sequence[int]) -> str:
 def training_batch(tokenizer, examples: Sequence[Example], window: int) -> dict[str, torch.Tensor]:
     """Left-padded prompts followed by answers padded with end-of-text up to ``window`` tokens.
 
-    ``answer_region`` marks the positions the diffusion objective may mask (never the prompt).
+    A window of 0 means "tight": the longest answer plus one end-of-text, the context a sequence has after an
+    EoTP cut, which a model trained only on long padded windows has never seen. ``answer_region`` marks the
+    positions the diffusion objective may mask (never the prompt).
     """
     prompts = [encode_prompt(tokenizer, ex.prompt) for ex in examples]
     answers = [tokenizer(ex.answer, add_special_tokens=False)["input_ids"] for ex in examples]
+    window = window or max(len(a) for a in answers) + 1
     too_long = [len(a) for a in answers if len(a) > window]
     if too_long:
         raise ValueError(f"an answer of {max(too_long)} tokens does not fit a window of {window} tokens")
@@ -50,11 +53,8 @@ def training_batch(tokenizer, examples: Sequence[Example], window: int) -> dict[
 
 
 class PretrainStream(IterableDataset):
-    """Endless batches from a task's training stream, each with a window length drawn from ``windows``.
-
-    A window of 0 means "tight": the longest answer of the batch plus one end-of-text, the context a sequence
-    has after an EoTP cut, which a model trained only on long padded windows has never seen.
-    """
+    """Endless batches from a task's training stream, each with a window length drawn from ``windows``
+    (0 = tight, see :func:`training_batch`)."""
 
     def __init__(self, task, tokenizer, batch_size: int, windows: Sequence[int], window_weights: Sequence[float],
                  seed: int) -> None:
@@ -67,7 +67,4 @@ class PretrainStream(IterableDataset):
         examples, rng = self.task.stream("train", seed_offset=offset), random.Random(offset)
         while True:
             window = rng.choices(self.windows, weights=self.window_weights)[0]
-            batch = [next(examples) for _ in range(self.batch_size)]
-            if window == 0:
-                window = max(len(self.tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) for ex in batch) + 1
-            yield training_batch(self.tokenizer, batch, window)
+            yield training_batch(self.tokenizer, [next(examples) for _ in range(self.batch_size)], window)

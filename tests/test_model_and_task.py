@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
@@ -56,6 +57,22 @@ def test_answers_are_worked_chains_and_the_scorer_reads_the_final_answer():
     assert task.score(example, wrong_steps).exact_match and not task.score(example, wrong_steps).full_match
     assert not task.score(example, example.answer + "1").exact_match
     assert task.extract_final("no answer") is None
+
+
+def test_a_tight_window_ends_one_end_of_text_after_the_longest_answer(tokenizer):
+    examples = ChainedAddition().examples("train", 8)
+    batch = training_batch(tokenizer, examples, window=0)
+    longest = max(len(ex.answer) for ex in examples)
+    assert int(batch["answer_region"].sum(1)[0]) == longest + 1
+    assert (batch["input_ids"][:, -1] == tokenizer.eos_token_id).all()
+
+
+@pytest.mark.parametrize("settings, named", [({"min_steps": 3, "max_steps": 2}, "task.min_steps"),
+                                             ({"max_steps": 10}, "task.max_steps"),
+                                             ({"max_operand": 100}, "task.max_operand")])
+def test_bad_task_settings_are_named(settings, named):
+    with pytest.raises(ValueError, match=named):
+        ChainedAddition(**settings)
 
 
 def test_the_training_loss_never_masks_the_prompt(micro_model, tokenizer):
