@@ -1,26 +1,39 @@
 """Content-addressed, atomically written stage outputs: the one artifact mechanism every stage uses.
 
-An artifact lives at ``<output_dir>/artifacts/<stage>/<key>/``; ``key`` hashes the stage name, its version, the
-settings that can change its result and the keys of its inputs. It is built in ``<key>.partial/`` and renamed
-into place together with ``manifest.json`` once complete, so a killed run never leaves a half artifact where a
-reader would find it. A complete artifact is reused unless ``force`` is set. Work inside ``.partial`` that is
-itself written atomically (shards) survives a kill and is picked up by the rerun.
+An artifact lives at ``<output_dir>/artifacts/<stage>/<key>/``. Its ``key`` hashes the stage name, a digest of
+the code that computes it (:func:`code_digest`), the settings that can change its result and the keys of its
+inputs, so keys are known before anything runs. It is built in ``<key>.partial/`` and renamed into place together
+with ``manifest.json`` once complete, so a killed run never leaves a half artifact where a reader would find it.
+
+The manifest records a digest of the artifact's content and the content digests of the upstream artifacts it
+read. An upstream recomputed under the same key with different content (forced, nondeterministic or hand-edited)
+makes its dependents recompute (:meth:`ArtifactStore.is_current`). One lock file per artifact
+(``<key>.lock``, an ``flock``) lets concurrent runs on one output folder wait for each other; the kernel drops the
+lock of a killed run, and the next run takes it over.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.config import PROJECT_ROOT
+from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -31,9 +44,25 @@ def content_key(payload: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def code_version() -> str:
-    from pipeline.config import PROJECT_ROOT
+@functools.cache
+def source_digest(path: str) -> str:
+    """A digest of one module's syntax tree without docstrings: comments, formatting and docs do not count."""
+    tree = ast.parse((PROJECT_ROOT / path).read_text(), filename=path)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).hexdigest()[:16]
 
+
+def code_digest(paths: Iterable[str]) -> str:
+    """The identity of the code that computes a stage's result (DVC-style code dependencies)."""
+    return content_key({path: source_digest(path) for path in sorted(paths)})
+
+
+def code_version() -> str:
+    """The git commit, for the manifest's record only (keys use :func:`code_digest`)."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                               text=True, timeout=5).stdout.strip() or "unknown"
@@ -47,21 +76,40 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-class MissingArtifactError(RuntimeError):
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_files(folder: Path) -> dict[str, int]:
+    """Relative path -> size of every file under ``folder`` except the manifest."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def folder_digest(folder: Path) -> str:
+    """The content digest of a folder: every file's path and bytes."""
+    return content_key({name: file_digest(folder / name) for name in folder_files(folder)})
+
+
+class MissingArtifactError(InputError):
     """An upstream artifact is absent and ``reuse_only`` forbids computing it."""
 
 
 @dataclass
 class ArtifactSpec:
     stage: str
-    version: int
+    code: str  # code_digest of the modules that compute the result
     settings: dict[str, Any]
     inputs: dict[str, str] = field(default_factory=dict)  # name -> upstream key
     labels: dict[str, Any] = field(default_factory=dict)  # descriptive, not part of the key (experiment name ...)
 
     @property
     def key(self) -> str:
-        return content_key({"stage": self.stage, "version": self.version, "settings": self.settings,
+        return content_key({"stage": self.stage, "code": self.code, "settings": self.settings,
                             "inputs": self.inputs})
 
 
@@ -75,8 +123,20 @@ class Artifact:
         return self.manifest["key"]
 
     @property
+    def digest(self) -> str:
+        return self.manifest["digest"]
+
+    @property
     def figures(self) -> dict[str, Any]:
         return self.manifest.get("figures", {})
+
+
+Inputs = dict[str, "Artifact | str | None"]  # name -> upstream artifact, a content digest, or None when absent
+
+
+def digests(inputs: Inputs) -> dict[str, str]:
+    return {name: value if isinstance(value, str) else value.digest for name, value in inputs.items()
+            if value is not None}
 
 
 class ArtifactStore:
@@ -88,40 +148,75 @@ class ArtifactStore:
 
     def load(self, spec: ArtifactSpec) -> Artifact | None:
         path = self.path(spec)
-        if (path / MANIFEST).exists():
-            return Artifact(path, json.loads((path / MANIFEST).read_text()))
-        return None
+        return read_artifact(path) if (path / MANIFEST).exists() else None
 
     def all(self, stage: str) -> list[Artifact]:
         """Every complete artifact of a stage."""
-        found = []
-        for manifest in sorted((self.root / stage).glob(f"*/{MANIFEST}")):
-            if not manifest.parent.name.endswith(".partial"):
-                found.append(Artifact(manifest.parent, json.loads(manifest.read_text())))
-        return found
+        return [read_artifact(m.parent) for m in sorted((self.root / stage).glob(f"*/{MANIFEST}"))
+                if not m.parent.name.endswith(".partial")]
 
-    def materialize(self, spec: ArtifactSpec, compute: Callable[[Path], dict[str, Any]], force: bool = False
-                    ) -> Artifact:
-        """Return the complete artifact for ``spec``, computing it with ``compute(work_dir) -> figures`` if needed."""
+    def is_current(self, artifact: Artifact, inputs: Inputs) -> bool:
+        """Whether ``artifact`` was computed from these upstream contents; logs why not. An absent upstream
+        (None) cannot have changed and is not checked."""
+        recorded = artifact.manifest.get("input_digests", {})
+        for name, digest in digests(inputs).items():
+            if recorded.get(name) != digest:
+                log.info("%s %s: recomputing: its input %s changed since it was computed (content %s -> %s)",
+                         artifact.manifest["stage"], artifact.key, name, recorded.get(name), digest)
+                return False
+        return True
+
+    def materialize(self, spec: ArtifactSpec, compute: Callable[[Path], dict[str, Any]], force: bool = False,
+                    inputs: Inputs | None = None) -> Artifact:
+        """The complete, current artifact for ``spec``, computed with ``compute(work_dir) -> figures`` if needed.
+
+        ``inputs`` are the upstream artifacts ``compute`` reads; their digests go into the manifest.
+        """
+        inputs = inputs or {}
         existing = self.load(spec)
-        if existing is not None and not force:
+        if existing is not None and not force and self.is_current(existing, inputs):
             log.info("%s %s: complete, reusing %s (nothing to compute)", spec.stage, spec.key, existing.path)
             return existing
-        work = self.begin(spec)
-        log.info("%s %s: computing in %s", spec.stage, spec.key, work)
-        began = time.time()
-        figures = compute(work)
-        return self.finalize(spec, figures, time.time() - began)
+        with self.lock(spec):
+            finished = self.load(spec)  # another run may have finished it while this one waited for the lock
+            fresh = finished is not None and (existing is None or finished.manifest != existing.manifest)
+            if fresh and self.is_current(finished, inputs):
+                log.info("%s %s: finished by another run, reusing %s", spec.stage, spec.key, finished.path)
+                return finished
+            work = self.begin(spec)
+            self.check_partial(spec, work, inputs)
+            log.info("%s %s: computing in %s", spec.stage, spec.key, work)
+            began = time.time()
+            figures = compute(work)
+            return self.finalize(spec, figures, time.time() - began, inputs)
+
+    def check_partial(self, spec: ArtifactSpec, work: Path, inputs: Inputs) -> None:
+        """Pieces left in ``work`` by a killed run (checkpoints) are resumed only if they came from the same
+        upstream content; otherwise they are cleared."""
+        record = work / ".inputs.json"
+        wanted = digests(inputs)
+        if record.exists() and json.loads(record.read_text() or "{}") != wanted:
+            log.info("%s %s: clearing unfinished work computed from other inputs", spec.stage, spec.key)
+            shutil.rmtree(work)
+            work.mkdir(parents=True)
+        write_json_atomic(record, wanted)
 
     def check_upstream(self, spec: ArtifactSpec, reuse_only: bool) -> Artifact | None:
         """The complete artifact, or None when it may be computed; raises when ``reuse_only`` forbids that."""
         existing = self.load(spec)
         if existing is None and reuse_only:
             raise MissingArtifactError(
-                f"{spec.stage} artifact {spec.key} does not exist under {self.root / spec.stage} and reuse_only=true "
-                f"forbids computing it; run `stage={spec.stage}` first or drop reuse_only"
+                self.path(spec), f"the {spec.stage} artifact does not exist and reuse_only=true forbids computing it",
+                f"run `stage={spec.stage}` first or drop reuse_only",
             )
         return existing
+
+    def lock_path(self, spec: ArtifactSpec) -> Path:
+        return self.path(spec).with_name(spec.key + ".lock")
+
+    def lock(self, spec: ArtifactSpec, part: str = "") -> contextlib.AbstractContextManager[None]:
+        path = self.lock_path(spec) if not part else self.begin(spec) / f"{part}.lock"
+        return file_lock(path, f"{spec.stage} {spec.key}{' ' + part if part else ''}")
 
     def begin(self, spec: ArtifactSpec) -> Path:
         """The work directory of an artifact under construction; earlier atomic pieces in it are kept."""
@@ -129,15 +224,18 @@ class ArtifactStore:
         work.mkdir(parents=True, exist_ok=True)
         return work
 
-    def finalize(self, spec: ArtifactSpec, figures: dict[str, Any], seconds: float = 0.0) -> Artifact:
+    def finalize(self, spec: ArtifactSpec, figures: dict[str, Any], seconds: float = 0.0,
+                 inputs: Inputs | None = None) -> Artifact:
         """Write the manifest and rename the work directory into place in one step."""
         final = self.path(spec)
         work = final.with_name(spec.key + ".partial")
+        for scratch in (*work.glob("*.lock"), work / ".inputs.json"):
+            scratch.unlink(missing_ok=True)
         manifest = {
-            "stage": spec.stage, "key": spec.key, "version": spec.version, "settings": spec.settings,
-            "inputs": spec.inputs, "labels": spec.labels, "figures": figures, "code_version": code_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "compute_seconds": round(seconds, 3),
-            "files": sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()),
+            "stage": spec.stage, "key": spec.key, "code": spec.code, "settings": spec.settings,
+            "inputs": spec.inputs, "input_digests": digests(inputs or {}), "labels": spec.labels,
+            "figures": figures, "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "compute_seconds": round(seconds, 3), "files": folder_files(work), "digest": folder_digest(work),
         }
         write_json_atomic(work / MANIFEST, manifest)
         if final.exists():  # force: move the old one aside first so the swap stays atomic for readers
@@ -147,6 +245,57 @@ class ArtifactStore:
         os.replace(work, final)
         log.info("%s %s: written to %s", spec.stage, spec.key, final)
         return Artifact(final, manifest)
+
+
+REQUIRED = ("stage", "key", "digest", "files", "figures", "settings")
+
+
+def read_artifact(path: Path) -> Artifact:
+    """A complete artifact, its manifest parsed and its files checked against it (present, sizes as recorded)."""
+    fix = f"delete {path} and rerun to recompute it"
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(path / MANIFEST, f"damaged manifest ({error})", fix) from error
+    missing = [k for k in REQUIRED if k not in manifest] if isinstance(manifest, dict) else list(REQUIRED)
+    if missing:
+        raise InputError(path / MANIFEST, f"damaged manifest (missing {', '.join(missing)})", fix)
+    for name, size in manifest["files"].items():
+        file = path / name
+        actual = file.stat().st_size if file.is_file() else None
+        if actual != size:
+            problem = "missing" if actual is None else f"{actual} bytes where the manifest records {size}"
+            raise InputError(file, f"damaged artifact file ({problem})", fix)
+    return Artifact(path, manifest)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (waiting for another holder); the file names the holder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            log.info("%s: another run (%s) is computing it; waiting", what, handle.read().strip() or "?")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        else:
+            handle.seek(0)
+            holder = handle.read().strip()
+            if holder:
+                log.warning("%s: taking over the lock of a run that did not finish (%s)", what, holder)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_dir(target: Path, build: Callable[[Path], None]) -> None:

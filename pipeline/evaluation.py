@@ -10,44 +10,12 @@ import dataclasses
 import statistics
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data import decode_answer, encode_prompt
-from pipeline.decoding import DecodeOutput, DecodeSettings, decode
-from pipeline.decoding.policies import LearnedFilter, Policy, Vanilla, policy_class
+from pipeline.decoding import DecodeOutput, DecodeSettings, build_policy, decode
+from pipeline.decoding.policies import Policy, Vanilla
 from pipeline.modeling import LoadedModel
 from pipeline.tasks.base import Example, Task
-
-SETTINGS_FIELDS = {f.name for f in dataclasses.fields(DecodeSettings)}
-
-
-def decode_settings(cfg: DictConfig) -> DecodeSettings:
-    """The loop's settings from a ``decode`` config (policy-specific keys are left to the policy)."""
-    values = OmegaConf.to_container(cfg, resolve=True)
-    return DecodeSettings(**{k: v for k, v in values.items() if k in SETTINGS_FIELDS}).validate()
-
-
-def build_policy(cfg: DictConfig, device: torch.device) -> Policy:
-    """A policy from a ``decode`` config; validates its settings before any decoding."""
-    cls = policy_class(cfg.policy)
-    settings = decode_settings(cfg)
-    if cls is LearnedFilter:
-        from models.filter import BlockFilter
-
-        if not cfg.get("filter_path"):
-            raise ValueError("decode.policy=filter needs decode.filter_path (a train_filter output directory)")
-        network = BlockFilter.load(cfg.filter_path, device)
-        if network.config.block_length != settings.block_length:
-            raise ValueError(
-                f"decode.block_length={settings.block_length} but the filter at {cfg.filter_path} was trained for "
-                f"block_length={network.config.block_length}"
-            )
-        return LearnedFilter(network, network.config.features, cfg.threshold, settings.steps_per_block)
-    if cls.name == "threshold":
-        return cls(cfg.threshold)
-    if cls.name == "factor":
-        return cls(cfg.factor)
-    return cls()
 
 
 def run_decode(loaded: LoadedModel, prompts: list[list[int]], policy: Policy, settings: DecodeSettings,
@@ -65,11 +33,10 @@ def reference_outputs(loaded: LoadedModel, prompts: list[list[int]], settings: D
                       description="vanilla reference")
 
 
-def evaluate_setting(loaded: LoadedModel, task: Task, examples: list[Example], decode_cfg: DictConfig,
+def evaluate_setting(loaded: LoadedModel, task: Task, examples: list[Example], settings: DecodeSettings,
                      progress: bool = False, references: torch.Tensor | None = None) -> dict:
     """Decode ``examples`` under one setting; returns metrics, per-sample rows and the generated windows."""
-    settings = decode_settings(decode_cfg)
-    policy = build_policy(decode_cfg, loaded.device)
+    policy = build_policy(settings, loaded.device)
     prompts = [encode_prompt(loaded.tokenizer, ex.prompt) for ex in examples]
     if policy.needs_references and references is None:
         references = reference_outputs(loaded, prompts, settings, progress).tokens

@@ -37,7 +37,7 @@ class TrajectoryDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        from pipeline.stages.trajectories import load_shards
+        from pipeline.trajectory_data import load_shards
 
         data = load_shards(self.shards).with_format("numpy")
         columns = [self.recorded.index(f) for f in self.features]

@@ -11,10 +11,10 @@ from hydra import compose, initialize_config_dir
 import models  # noqa: F401  (registers the embedded model)
 from models import DiffusionLM, DiffusionLMConfig
 from models.tokenizer import build_char_tokenizer
-from pipeline.config import PROJECT_ROOT, register_resolvers
+from pipeline.config import PROJECT_ROOT, register
 
 SHIPPED = PROJECT_ROOT / "models" / "checkpoints" / "tiny-arith"
-register_resolvers()
+register()
 
 
 @pytest.fixture(scope="session")

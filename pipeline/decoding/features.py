@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 
 def _entropy(view: StepView, steps: int) -> torch.Tensor:
-    logp = torch.log_softmax(view.logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    """xlogy keeps tokens of probability 0 (the mask token's logit is -inf) at 0 instead of ``0 * -inf = NaN``."""
+    probs = torch.softmax(view.logits, dim=-1)
+    return -torch.special.xlogy(probs, probs).sum(-1)
 
 
 def _margin(view: StepView, steps: int) -> torch.Tensor:
@@ -42,13 +43,6 @@ FEATURES: dict[str, Callable[[StepView, int], torch.Tensor]] = {
     "step": _step,
     "committed": lambda view, steps: (~view.masked).float(),
 }
-
-
-def check_features(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    unknown = [name for name in names if name not in FEATURES]
-    if unknown or not names:
-        raise ValueError(f"unknown or empty features {list(names)}; allowed: {', '.join(FEATURES)}")
-    return tuple(names)
 
 
 def block_features(view: StepView, names: tuple[str, ...], steps_per_block: int) -> torch.Tensor:

@@ -18,57 +18,7 @@ from tqdm.auto import tqdm
 
 from pipeline.decoding.policies import Policy, StepView
 from pipeline.decoding.schedule import gumbel_argmax, vanilla_schedule
-
-REMASKING = ("low_confidence", "random")
-CACHES = ("none", "prefix", "dual")
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    gen_length: int = 64
-    block_length: int = 16
-    steps: int | None = None  # None: one token per step (steps = gen_length), the reference setting
-    temperature: float = 0.0
-    remasking: str = "low_confidence"
-    eotp: bool = False
-    batch_size: int = 32
-    seed: int = 0
-    cache: str = "none"  # none | prefix | dual (Fast-dLLM's approximate KV caches; change outputs slightly)
-
-    @property
-    def total_steps(self) -> int:
-        return self.gen_length if self.steps is None else self.steps
-
-    @property
-    def num_blocks(self) -> int:
-        return self.gen_length // self.block_length
-
-    @property
-    def steps_per_block(self) -> int:
-        return self.total_steps // self.num_blocks
-
-    def validate(self) -> DecodeSettings:
-        """Raise on any bad setting, naming it and what is allowed; called before any decoding."""
-        for name in ("gen_length", "block_length", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"decode.{name}={getattr(self, name)}: must be a positive integer")
-        if self.gen_length % self.block_length:
-            raise ValueError(
-                f"decode.gen_length={self.gen_length} is not a multiple of decode.block_length="
-                f"{self.block_length}; allowed: block lengths dividing {self.gen_length}"
-            )
-        if self.total_steps < 1 or self.total_steps % self.num_blocks:
-            raise ValueError(
-                f"decode.steps={self.total_steps} is not divisible by the number of blocks ({self.num_blocks} = "
-                f"gen_length / block_length); allowed: a positive multiple of {self.num_blocks}"
-            )
-        if self.temperature < 0:
-            raise ValueError(f"decode.temperature={self.temperature}: allowed: a number >= 0")
-        if self.cache not in CACHES:
-            raise ValueError(f"decode.cache={self.cache!r} is unknown; allowed: {', '.join(CACHES)}")
-        if self.remasking not in REMASKING:
-            raise ValueError(f"decode.remasking={self.remasking!r} is unknown; allowed: {', '.join(REMASKING)}")
-        return self
+from pipeline.decoding.settings import DecodeSettings
 
 
 @dataclass

@@ -14,6 +14,8 @@ from torch import nn
 
 from pipeline.decoding.features import block_features
 from pipeline.decoding.schedule import top_k_mask
+from pipeline.decoding.settings import FACTOR_RULES, DecodeSettings, check_probability
+from pipeline.errors import ConfigError
 
 
 @dataclass
@@ -56,35 +58,36 @@ class Vanilla(Policy):
         return top_k_mask(view.scores, view.masked, view.k), view.predicted
 
 
-def check_threshold(value: float, setting: str) -> float:
-    if value is None or not 0 < float(value) <= 1:
-        raise ValueError(f"{setting}={value} is out of range; allowed: a number in (0, 1]")
-    return float(value)
-
-
 class Threshold(Policy):
-    """Fast-dLLM: every masked position above ``threshold`` confidence, and at least the most confident one."""
+    """Fast-dLLM: every masked position with confidence ``>= threshold`` (``get_transfer_index`` in Fast-dLLM's
+    ``llada/generate.py``), and at least the most confident one."""
 
     name = "threshold"
 
     def __init__(self, threshold: float = 0.9) -> None:
-        self.threshold = check_threshold(threshold, "decode.threshold")
+        self.threshold = check_probability(threshold, "decode.threshold")
 
     def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
-        above = view.masked & (view.scores > self.threshold)
+        above = view.masked & (view.scores >= self.threshold)
         return above | top_k_mask(view.scores, view.masked, torch.ones_like(view.k)), view.predicted
 
 
 class Factor(Policy):
     """Fast-dLLM's factor rule: the k-th most confident token (1-based) passes if ``c_k >= 1 - f / (k + 1)``;
-    the largest passing prefix is committed, at least one token."""
+    the largest passing prefix is committed, at least one token (``rule="paper"``, the published formula).
+
+    ``rule="reference"`` follows Fast-dLLM's code (``get_transfer_index_dynamic``): when every ranked token but the
+    last passes, the last is committed too, so a block whose least confident token fails still fills at once.
+    """
 
     name = "factor"
 
-    def __init__(self, factor: float = 1.0) -> None:
+    def __init__(self, factor: float = 1.0, rule: str = "paper") -> None:
         if factor is None or float(factor) <= 0:
-            raise ValueError(f"decode.factor={factor} is out of range; allowed: a number > 0")
-        self.factor = float(factor)
+            raise ConfigError("decode.factor", factor, "allowed: a number > 0")
+        if rule not in FACTOR_RULES:
+            raise ConfigError("decode.factor_rule", rule, f"allowed: {', '.join(FACTOR_RULES)}")
+        self.factor, self.rule = float(factor), rule
 
     def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
         ranked = torch.where(view.masked, view.scores, torch.full_like(view.scores, float("-inf")))
@@ -92,6 +95,9 @@ class Factor(Policy):
         kth = torch.arange(1, ranked.shape[-1] + 1, device=ranked.device, dtype=ranked.dtype)
         passes = sorted_scores >= 1 - self.factor / (kth + 1)
         count = passes.long().cumprod(dim=-1).sum(dim=-1).clamp(min=1)
+        if self.rule == "reference":
+            masked = view.masked.sum(dim=-1)
+            count = torch.where(count == masked - 1, masked, count)
         return top_k_mask(view.scores, view.masked, count), view.predicted
 
 
@@ -129,7 +135,7 @@ class LearnedFilter(Policy):
                  steps_per_block: int = 1) -> None:
         self.network = network
         self.features = tuple(features)
-        self.threshold = check_threshold(threshold, "decode.threshold")
+        self.threshold = check_probability(threshold, "decode.threshold")
         self.steps_per_block = steps_per_block
 
     @torch.no_grad()
@@ -148,7 +154,23 @@ POLICIES: dict[str, type[Policy]] = {
 }
 
 
-def policy_class(name: str) -> type[Policy]:
-    if name not in POLICIES:
-        raise ValueError(f"decode.policy={name!r} is unknown; allowed: {', '.join(sorted(POLICIES))}")
-    return POLICIES[name]
+def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -> Policy:
+    """The policy a decode setting names, built from its own parameters (the one place a name becomes a class)."""
+    settings.validate()
+    if settings.policy == "threshold":
+        return Threshold(settings.threshold)
+    if settings.policy == "factor":
+        return Factor(settings.factor, settings.factor_rule)
+    if settings.policy == "filter":
+        from models.filter import BlockFilter
+
+        if not settings.filter_path:
+            raise ConfigError("decode.filter_path", None, "decode=filter needs a saved filter (a train_filter "
+                                                          "artifact's filter/ folder)")
+        network = BlockFilter.load(settings.filter_path, device)
+        if network.config.block_length != settings.block_length:
+            raise ConfigError("decode.block_length", settings.block_length,
+                              f"the filter at {settings.filter_path} was trained for block_length="
+                              f"{network.config.block_length}")
+        return LearnedFilter(network, network.config.features, settings.threshold, settings.steps_per_block)
+    return POLICIES[settings.policy]()

@@ -16,13 +16,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.artifacts import Artifact, ArtifactSpec
+from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
+from pipeline.plan import expand_grid
 from pipeline.stages import sweep
 from pipeline.stages.common import StageContext, model_identity, plain
 from pipeline.tracking import tracking
 
 log = logging.getLogger(__name__)
-VERSION = 1
+CODE = ("pipeline/stages/aggregate.py",)
 ORACLES = ("egp",)  # plotted as the ceiling, but never on the frontier: they need the answer in advance
 COLUMNS = ("label", "policy", "eotp", "cache", "threshold", "gen_length", "accuracy", "full_match", "nfe_mean",
            "nfe_p50", "nfe_p90", "speedup_nfe", "speedup_wall", "tokens_per_s", "wall_time_s", "frontier_nfe",
@@ -32,7 +33,7 @@ COLUMNS = ("label", "policy", "eotp", "cache", "threshold", "gen_length", "accur
 def collect(ctx: StageContext, upstream: bool) -> list[Artifact]:
     """The experiment's planned results (computed if missing, unless reuse_only) plus any others it labelled."""
     found: dict[str, Artifact] = {}
-    for setting in sweep.expand_grid(ctx.cfg):
+    for setting in expand_grid(ctx.cfg):
         spec = sweep.spec_for(ctx, setting)
         artifact = ctx.store.check_upstream(spec, upstream and bool(ctx.cfg.reuse_only))
         found[spec.key] = artifact if artifact is not None else sweep.evaluate(ctx, setting)
@@ -156,13 +157,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
-    sweep.validate(cfg)
     ctx = ctx or StageContext(cfg)
     results = collect(ctx, upstream=True)
     if not results:
         raise RuntimeError(f"no sweep results for experiment {cfg.experiment_name!r}; run stage=sweep first")
-    spec = ArtifactSpec("aggregate", VERSION, {"results": sorted(r.key for r in results),
-                                               "tolerance": cfg.aggregate.tolerance}, labels=ctx.labels())
+    spec = ArtifactSpec("aggregate", code_digest(CODE), {"results": sorted(r.key for r in results),
+                                                         "tolerance": cfg.aggregate.tolerance}, labels=ctx.labels())
 
     rows = frontier_rows(results)
 
@@ -172,7 +172,8 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
         plot(rows, work / "frontier.png")
         return {"settings": len(rows), **headline(rows, cfg.aggregate.tolerance)}
 
-    artifact = ctx.store.materialize(spec, compute, force=ctx.forced("aggregate"))
+    artifact = ctx.store.materialize(spec, compute, force=ctx.forced("aggregate"),
+                                     inputs={r.key: r for r in results})
     with tracking(cfg, "aggregate", artifact.key) as tracker:
         tracker.log_table("frontier/table", [{c: r[c] for c in COLUMNS} for r in rows])
         tracker.log_image("frontier/plot", artifact.path / "frontier.png")

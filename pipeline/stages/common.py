@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,24 @@ from pipeline.modeling import LoadedModel, load_model
 from pipeline.tasks.base import Task
 from pipeline.tasks.registry import build_task
 
+# The code that decodes: part of the identity of every stage that runs the model (see artifacts.code_digest).
+DECODING_CODE = (
+    "models/diffusion_lm.py", "pipeline/modeling.py", "pipeline/data.py", "pipeline/evaluation.py",
+    "pipeline/decoding/loop.py", "pipeline/decoding/policies.py", "pipeline/decoding/features.py",
+    "pipeline/decoding/schedule.py", "pipeline/decoding/settings.py", "pipeline/tasks/base.py",
+    "pipeline/tasks/arith.py", "pipeline/tasks/registry.py",
+)
 HASHED_WEIGHTS_LIMIT = 256 * 2**20  # hash weight files up to this size; larger (hub) models are named by path
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's progress bars and tables go to stderr (stdout carries results only), and its log lines print
+    once: ``lightning/__init__.py`` adds a console handler of its own beside the root logger's."""
+    if logging.getLogger().hasHandlers():
+        logging.getLogger("lightning").handlers.clear()
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 @functools.lru_cache(maxsize=8)
@@ -47,6 +68,7 @@ def plain(cfg: DictConfig | dict | None) -> dict[str, Any]:
 @dataclass
 class StageContext:
     """One invocation's view: config, store, and the model/task loaded once and shared by all stages."""
+
 
     cfg: DictConfig
     store: ArtifactStore = field(init=False)

@@ -7,21 +7,20 @@ import logging
 from omegaconf import DictConfig
 
 from pipeline.config import resolve_device
-from pipeline.evaluation import build_policy, decode_settings, evaluate_setting
+from pipeline.evaluation import evaluate_setting
 from pipeline.modeling import load_model
+from pipeline.plan import decode_settings
 from pipeline.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    decode_settings(cfg.decode)  # bad settings fail before the model loads
-    device = resolve_device(cfg.device)
-    build_policy(cfg.decode, device)
+    settings = decode_settings(cfg)
     task = build_task(cfg.task)
-    loaded = load_model(cfg.model, device)
+    loaded = load_model(cfg.model, resolve_device(cfg.device))
     examples = task.examples(cfg.eval.split, cfg.eval.num_prompts)
-    result = evaluate_setting(loaded, task, examples, cfg.decode, progress=cfg.progress)
+    result = evaluate_setting(loaded, task, examples, settings, progress=cfg.progress)
     m = result["metrics"]
     log.info(
         "%s gen_length=%d block=%d eotp=%s: accuracy %.3f, full match %.3f, NFE mean %.1f (p50 %s, p90 %s), "

@@ -20,6 +20,7 @@ from pipeline.data import PretrainStream, decode_answer, encode_prompt
 from pipeline.decoding import DecodeSettings, decode
 from pipeline.decoding.policies import Vanilla
 from pipeline.pretrain import DiffusionPretraining
+from pipeline.stages.common import quiet_lightning
 from pipeline.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def run(cfg: DictConfig) -> Path:
     last = work_dir / "checkpoints" / "last.ckpt"
     if last.exists():
         log.info("resuming from %s", last)
-    trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+    with quiet_lightning():
+        trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
     save_to = Path(pcfg.save_to)
     tmp = save_to.with_name(save_to.name + ".tmp")
     module.model.save_pretrained(tmp)

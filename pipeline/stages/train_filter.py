@@ -13,44 +13,41 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
-from pipeline.artifacts import Artifact, ArtifactSpec
-from pipeline.decoding.features import check_features
-from pipeline.decoding.policies import check_threshold
+from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
+from pipeline.errors import InputError
 from pipeline.stages import trajectories
-from pipeline.stages.common import StageContext, plain
+from pipeline.stages.common import StageContext, plain, quiet_lightning
 from pipeline.tracking import tracking
 
 log = logging.getLogger(__name__)
-VERSION = 1
-LOSS_ON = ("all", "masked")
-
-
-def validate(cfg: DictConfig) -> None:
-    trajectories.validate(cfg)
-    check_features(list(cfg.filter.features))
-    check_threshold(cfg.train_filter.threshold, "train_filter.threshold")
-    if cfg.train_filter.loss_on not in LOSS_ON:
-        raise ValueError(f"train_filter.loss_on={cfg.train_filter.loss_on!r}; allowed: {', '.join(LOSS_ON)}")
-    if int(cfg.filter.num_layers) < 1:
-        raise ValueError(f"filter.num_layers={cfg.filter.num_layers}: allowed: an integer >= 1")
+CODE = ("pipeline/stages/train_filter.py", "pipeline/filter_training.py", "models/filter.py",
+        "pipeline/trajectory_data.py")
+SPEED_ONLY = ("val_every_n_epochs", "checkpoint_every_n_epochs")  # when to look and save, not what is learned
 
 
 def spec(ctx: StageContext) -> ArtifactSpec:
-    settings = {"filter": plain(ctx.cfg.filter), "train": plain(ctx.cfg.train_filter), "seed": ctx.cfg.seed}
-    return ArtifactSpec("train_filter", VERSION, settings, {"trajectories": trajectories.spec(ctx).key}, ctx.labels())
+    train = {k: v for k, v in plain(ctx.cfg.train_filter).items() if k not in SPEED_ONLY}
+    settings = {"filter": plain(ctx.cfg.filter), "train": train, "seed": ctx.cfg.seed}
+    return ArtifactSpec("train_filter", code_digest(CODE), settings, {"trajectories": trajectories.spec(ctx).key},
+                        ctx.labels())
 
 
 def ensure(ctx: StageContext, upstream: bool = False) -> Artifact:
+    """The trained filter, retrained when forced or when its trajectories changed since it was trained."""
     s = spec(ctx)
     existing = ctx.store.check_upstream(s, upstream and bool(ctx.cfg.reuse_only))
-    if existing is not None and not ctx.forced("train_filter"):
+    recorded = ctx.store.load(trajectories.spec(ctx))
+    if existing is not None and not ctx.forced("train_filter") and \
+            ctx.store.is_current(existing, {"trajectories": recorded}):
         log.info("train_filter %s: complete, reusing %s (nothing to compute)", s.key, existing.path)
         return existing
     source = trajectories.ensure(ctx, upstream=True)
     if source is None:
-        raise RuntimeError("trajectories are incomplete (some shards missing); finish them before train_filter")
+        raise InputError(ctx.store.path(trajectories.spec(ctx)), "trajectories are incomplete (shards missing)",
+                         "run the missing trajectories.shard array tasks before train_filter")
     with tracking(ctx.cfg, "train_filter", s.key) as tracker:
-        artifact = ctx.store.materialize(s, lambda work: fit(ctx, source, work, tracker), force=True)
+        artifact = ctx.store.materialize(s, lambda work: fit(ctx, source, work, tracker), force=True,
+                                         inputs={"trajectories": source})
         tracker.summary(artifact.figures)
     return artifact
 
@@ -83,9 +80,10 @@ def fit(ctx: StageContext, source: Artifact, work: Path, tracker) -> dict:
     last = work / "checkpoints" / "last.ckpt"
     if last.exists():
         log.info("train_filter: resuming from %s", last)
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
-    validation = {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
-    test = {k: float(v) for k, v in trainer.test(module, datamodule=data, verbose=False)[0].items()}
+    with quiet_lightning():
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+        validation = {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
+        test = {k: float(v) for k, v in trainer.test(module, datamodule=data, verbose=False)[0].items()}
     module.network.save(work / "filter")
     figures = {**validation, **test, "parameters": sum(p.numel() for p in module.network.parameters()),
                **{f"rows_{k}": v for k, v in data.sizes().items()}}
@@ -95,5 +93,4 @@ def fit(ctx: StageContext, source: Artifact, work: Path, tracker) -> dict:
 
 
 def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
-    validate(cfg)
     return ensure(ctx or StageContext(cfg))

@@ -18,35 +18,24 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.artifacts import Artifact, ArtifactSpec, atomic_dir
+from pipeline.artifacts import Artifact, ArtifactSpec, atomic_dir, code_digest
 from pipeline.data import encode_prompt
 from pipeline.decoding import DecodeSettings, StepView
-from pipeline.decoding.features import block_features, check_features
+from pipeline.decoding.features import block_features
 from pipeline.decoding.policies import ExtremelyGreedy, Vanilla
+from pipeline.errors import InputError
 from pipeline.evaluation import reference_outputs, run_decode
-from pipeline.stages.common import StageContext, model_identity, plain
+from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain
+from pipeline.trajectory_data import load_shards, shard_name
 
 log = logging.getLogger(__name__)
-VERSION = 1
-POLICIES = ("egp", "vanilla")
+CODE = (*DECODING_CODE, "pipeline/stages/trajectories.py", "pipeline/trajectory_data.py")
 
 
 def settings(cfg: DictConfig) -> DecodeSettings:
     t = cfg.trajectories
     return DecodeSettings(gen_length=t.gen_length, block_length=t.block_length, steps=t.steps,
-                          batch_size=t.batch_size).validate()
-
-
-def validate(cfg: DictConfig) -> None:
-    t = cfg.trajectories
-    if t.policy not in POLICIES:
-        raise ValueError(f"trajectories.policy={t.policy!r} is unknown; allowed: {', '.join(POLICIES)}")
-    settings(cfg)
-    check_features(list(t.features))
-    if int(t.num_shards) < 1 or int(t.num_prompts) < int(t.num_shards):
-        raise ValueError(f"trajectories.num_shards={t.num_shards}: allowed: 1 to num_prompts ({t.num_prompts})")
-    if t.shard is not None and not 0 <= int(t.shard) < int(t.num_shards):
-        raise ValueError(f"trajectories.shard={t.shard}: allowed: 0 to {int(t.num_shards) - 1}")
+                          batch_size=t.batch_size)
 
 
 def spec(ctx: StageContext) -> ArtifactSpec:
@@ -56,7 +45,7 @@ def spec(ctx: StageContext) -> ArtifactSpec:
         "num_prompts": t.num_prompts, "gen_length": t.gen_length, "block_length": t.block_length,
         "steps": t.steps, "features": list(t.features), "num_shards": t.num_shards,
     }
-    return ArtifactSpec("trajectories", VERSION, settings_, labels=ctx.labels())
+    return ArtifactSpec("trajectories", code_digest(CODE), settings_, labels=ctx.labels())
 
 
 class TrajectoryRecorder:
@@ -97,10 +86,6 @@ class TrajectoryRecorder:
         }
 
 
-def shard_name(index: int, count: int) -> str:
-    return f"shard-{index:05d}-of-{count:05d}"
-
-
 def shard_range(index: int, count: int, total: int) -> tuple[int, int]:
     return index * total // count, (index + 1) * total // count
 
@@ -131,36 +116,49 @@ def compute_shard(ctx: StageContext, index: int, target: Path) -> None:
 
 
 def ensure(ctx: StageContext, upstream: bool = False) -> Artifact | None:
-    """The complete trajectories artifact; None when only one shard was asked for and others are missing."""
+    """The complete trajectories artifact; None when only one shard was asked for and others are missing.
+
+    Each shard is computed under its own lock, so array tasks (and concurrent runs) never write the same shard;
+    the artifact is finalised, under the artifact's lock, by whichever run sees the last shard land.
+    """
     s, t = spec(ctx), ctx.cfg.trajectories
     existing = ctx.store.check_upstream(s, upstream and bool(ctx.cfg.reuse_only))
     if existing is not None and not ctx.forced("trajectories"):
         log.info("trajectories %s: complete, reusing %s (nothing to compute)", s.key, existing.path)
         return existing
     work = ctx.store.begin(s)
-    wanted = range(t.num_shards) if t.shard is None else [int(t.shard)]
+    wanted = range(t.num_shards) if t.shard is None else [t.shard]
     for index in wanted:
-        target = work / "shards" / shard_name(index, t.num_shards)
-        if target.exists() and not ctx.forced("trajectories"):
-            log.info("trajectories %s: %s already written, skipping", s.key, target.name)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
+        name = shard_name(index, t.num_shards)
+        target = work / "shards" / name
+        with ctx.store.lock(s, name):
+            if target.exists() and not ctx.forced("trajectories"):
+                log.info("trajectories %s: %s already written, skipping", s.key, name)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
                 shutil.rmtree(target)
-        compute_shard(ctx, index, target)
-    done = [shard_name(i, t.num_shards) for i in range(t.num_shards)
-            if (work / "shards" / shard_name(i, t.num_shards)).exists()]
-    if len(done) < t.num_shards:
-        log.info("trajectories %s: %d of %d shards written; run the others to finish", s.key, len(done),
-                 t.num_shards)
-        return None
-    return ctx.store.finalize(s, shard_statistics(work / "shards"))
+            compute_shard(ctx, index, target)
+    with ctx.store.lock(s):
+        finished = ctx.store.load(s)
+        if finished is not None and (existing is None or finished.manifest != existing.manifest):
+            return finished
+        done = [i for i in range(t.num_shards) if (work / "shards" / shard_name(i, t.num_shards)).exists()]
+        if len(done) < t.num_shards:
+            log.info("trajectories %s: %d of %d shards written; run the others to finish", s.key, len(done),
+                     t.num_shards)
+            return None
+        return ctx.store.finalize(s, shard_statistics(work / "shards"))
 
 
 def shard_statistics(shards: Path) -> dict:
     data = load_shards(shards)
     labels = np.asarray(data["label"], dtype=np.int8)
     masked = np.asarray(data["masked"], dtype=np.int8).astype(bool)
+    features = np.asarray(data["features"], dtype=np.float32)
+    if not np.isfinite(features).all():
+        raise InputError(shards, "non-finite trajectory features (NaN or infinity)", "a feature is broken; fix it "
+                         "before training a filter on these trajectories")
     return {
         "rows": int(labels.shape[0]), "positions": int(labels.size), "samples": len(set(data["sample"])),
         "positive_rate": float(labels.mean()) if labels.size else 0.0,
@@ -169,16 +167,7 @@ def shard_statistics(shards: Path) -> dict:
     }
 
 
-def load_shards(shards: Path):
-    """All shards as one ``datasets.Dataset`` (the reader the filter's data module uses)."""
-    from datasets import concatenate_datasets, load_from_disk
-
-    parts = [load_from_disk(str(p)) for p in sorted(shards.iterdir()) if p.name.startswith("shard-")]
-    return concatenate_datasets(parts)
-
-
 def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact | None:
-    validate(cfg)
     ctx = ctx or StageContext(cfg)
     from pipeline.tracking import tracking
 

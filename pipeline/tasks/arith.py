@@ -19,9 +19,11 @@ k-th term.
 
 from __future__ import annotations
 
+import functools
 import random
 import zlib
 
+from pipeline.errors import ConfigError
 from pipeline.tasks.base import Example, Task, check_split
 
 BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 20))}
@@ -31,10 +33,12 @@ class ChainedAddition(Task):
     name = "arith"
 
     def __init__(self, min_steps: int = 1, max_steps: int = 4, max_operand: int = 99, seed: int = 0) -> None:
-        if not 1 <= min_steps <= max_steps <= 9:
-            raise ValueError(f"task.min_steps={min_steps} and task.max_steps={max_steps}: need 1 <= min <= max <= 9")
+        if not 1 <= min_steps <= 9:
+            raise ConfigError("task.min_steps", min_steps, "allowed: 1 to 9")
+        if not min_steps <= max_steps <= 9:
+            raise ConfigError("task.max_steps", max_steps, f"allowed: task.min_steps ({min_steps}) to 9")
         if not 1 <= max_operand <= 99:
-            raise ValueError(f"task.max_operand={max_operand}: allowed: 1 to 99 (two-digit steps, three-digit totals)")
+            raise ConfigError("task.max_operand", max_operand, "allowed: 1 to 99 (two-digit steps, three-digit totals)")
         self.min_steps, self.max_steps, self.max_operand, self.seed = min_steps, max_steps, max_operand, seed
 
     @staticmethod
@@ -60,8 +64,18 @@ class ChainedAddition(Task):
             if zlib.crc32(example.prompt.encode()) % 20 in BUCKETS[split]:
                 yield example
 
+    @functools.cache  # noqa: B019 - a handful of small task objects per process
+    def split_size(self, split: str) -> int:
+        check_split(split)
+        return sum(
+            zlib.crc32(f"{start:03d}+{step:02d}*{count}=".encode()) % 20 in BUCKETS[split]
+            for start in range(1, self.max_operand + 1) for step in range(1, self.max_operand + 1)
+            for count in range(self.min_steps, self.max_steps + 1)
+        )
+
     def examples(self, split: str, n: int) -> list[Example]:
         """``n`` distinct prompts of ``split`` (the stream itself may repeat a prompt)."""
+        self.check_count(split, n)
         seen: dict[str, Example] = {}
         for example in self.stream(split):
             seen.setdefault(example.prompt, example)

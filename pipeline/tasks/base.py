@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from pipeline.errors import ConfigError
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -29,6 +31,17 @@ class Task(ABC):
         """The first ``n`` examples of ``split``; the same every call (seeded)."""
 
     @abstractmethod
+    def split_size(self, split: str) -> int:
+        """How many distinct prompts ``split`` holds."""
+
+    def check_count(self, split: str, n: int) -> None:
+        """Asking for no prompts, or more than a split holds, is a setting error (it would never finish)."""
+        available = self.split_size(split)
+        if not 1 <= n <= available:
+            raise ConfigError("num_prompts", n, f"allowed: 1 to {available} (the distinct prompts of the {split} "
+                                                "split)")
+
+    @abstractmethod
     def extract_final(self, text: str) -> str | None:
         """The final answer written in a generated text, or None when there is none."""
 
@@ -41,4 +54,4 @@ class Task(ABC):
 
 def check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+        raise ConfigError("split", split, f"allowed: {', '.join(SPLITS)}")

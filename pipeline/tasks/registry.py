@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.errors import ConfigError
 from pipeline.tasks.arith import ChainedAddition
 from pipeline.tasks.base import Task
 
@@ -14,5 +15,5 @@ def build_task(cfg: DictConfig) -> Task:
     settings = OmegaConf.to_container(cfg, resolve=True)
     name = settings.pop("name")
     if name not in TASKS:
-        raise ValueError(f"task.name={name!r} is unknown; allowed: {', '.join(TASKS)}")
+        raise ConfigError("task.name", name, f"allowed: {', '.join(TASKS)}")
     return TASKS[name](**settings)

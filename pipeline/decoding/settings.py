@@ -1,0 +1,106 @@
+"""A decode setting: one typed object from the ``decode`` config group to the decoding loop.
+
+It is the Hydra schema of the ``decode`` group (so types are checked when the config is composed), the unit a
+sweep expands its grid into, and what the loop and policies read. Torch-free, so settings can be validated
+before any heavy import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+# The policies and the settings each one reads (beyond the loop's): the names a config may use.
+POLICY_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "vanilla": (),
+    "threshold": ("threshold",),
+    "factor": ("factor", "factor_rule"),
+    "egp": (),
+    "filter": ("threshold", "filter_path"),
+}
+NEEDS_REFERENCES = ("egp",)  # the oracle reads the vanilla output of the same window
+REMASKING = ("low_confidence", "random")
+CACHES = ("none", "prefix", "dual")
+FACTOR_RULES = ("paper", "reference")
+
+
+@dataclass
+class DecodeSettings:
+    policy: str = "vanilla"
+    gen_length: int = 64
+    block_length: int = 16
+    steps: int | None = None  # None: one token per step (steps = gen_length), the reference setting
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    eotp: bool = False
+    batch_size: int = 32
+    seed: int = 0
+    cache: str = "none"  # none | prefix | dual (Fast-dLLM's approximate KV caches; change outputs slightly)
+    threshold: float = 0.9  # threshold and filter policies
+    factor: float = 1.0  # factor policy
+    factor_rule: str = "paper"  # paper (the published formula) | reference (Fast-dLLM's code, see policies.Factor)
+    filter_path: str | None = None  # filter policy: a saved filter; None = this experiment's train_filter
+
+    @property
+    def total_steps(self) -> int:
+        return self.gen_length if self.steps is None else self.steps
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.total_steps // self.num_blocks
+
+    @property
+    def needs_references(self) -> bool:
+        return self.policy in NEEDS_REFERENCES
+
+    def replace(self, **changes: Any) -> DecodeSettings:
+        return dataclasses.replace(self, **changes)
+
+    def identity(self) -> dict[str, Any]:
+        """Only what the chosen policy reads, so one setting has one identity however it was written."""
+        loop = ("policy", "gen_length", "block_length", "steps", "temperature", "remasking", "eotp", "batch_size",
+                "seed", "cache")
+        return {k: getattr(self, k) for k in (*loop, *POLICY_PARAMETERS.get(self.policy, ()))}
+
+    def validate(self, prefix: str = "decode") -> DecodeSettings:
+        """Raise on any bad value, naming it and what is allowed; called before any decoding."""
+        if self.policy not in POLICY_PARAMETERS:
+            raise ConfigError(f"{prefix}.policy", self.policy, f"allowed: {', '.join(sorted(POLICY_PARAMETERS))}")
+        for name in ("gen_length", "block_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{prefix}.{name}", getattr(self, name), "allowed: an integer >= 1")
+        if self.gen_length % self.block_length:
+            raise ConfigError(f"{prefix}.block_length", self.block_length,
+                              f"must divide {prefix}.gen_length={self.gen_length}")
+        if self.total_steps < 1 or self.total_steps % self.num_blocks:
+            raise ConfigError(f"{prefix}.steps", self.total_steps,
+                              f"allowed: a positive multiple of the number of blocks ({self.num_blocks} = "
+                              f"gen_length / block_length)")
+        if self.temperature < 0:
+            raise ConfigError(f"{prefix}.temperature", self.temperature, "allowed: a number >= 0")
+        if self.cache not in CACHES:
+            raise ConfigError(f"{prefix}.cache", self.cache, f"allowed: {', '.join(CACHES)}")
+        if self.remasking not in REMASKING:
+            raise ConfigError(f"{prefix}.remasking", self.remasking, f"allowed: {', '.join(REMASKING)}")
+        if "threshold" in POLICY_PARAMETERS[self.policy]:
+            check_probability(self.threshold, f"{prefix}.threshold")
+        if self.policy == "factor":
+            if not self.factor > 0:
+                raise ConfigError(f"{prefix}.factor", self.factor, "allowed: a number > 0")
+            if self.factor_rule not in FACTOR_RULES:
+                raise ConfigError(f"{prefix}.factor_rule", self.factor_rule, f"allowed: {', '.join(FACTOR_RULES)}")
+        return self
+
+
+def check_probability(value: float | None, setting: str) -> float:
+    """Thresholds on a probability: in (0, 1]."""
+    if value is None or not 0 < float(value) <= 1:
+        raise ConfigError(setting, value, "allowed: a number in (0, 1]")
+    return float(value)

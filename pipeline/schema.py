@@ -1,0 +1,180 @@
+"""The typed schema of every config group, registered with Hydra's ConfigStore.
+
+``conf/config.yaml`` starts from ``schema`` (the root :class:`Config`), so Hydra itself checks every value's type
+and rejects unknown keys while composing, before the app starts: ``decode.eotp=maybe`` or ``sweep.grid`` entries
+with a misspelt key fail there. Ranges and cross-field rules are checked next by :mod:`pipeline.validation`.
+Values and their comments live in the YAML files; the defaults here only fill what an option may omit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from pipeline.decoding.settings import DecodeSettings
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    kind: str = "embedded"  # embedded (this project's model) | hub (a local copy of a hub dLLM)
+    path: str = MISSING
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    mask_token_id: int | None = None
+    eos_token_id: int | None = None
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    min_steps: int = 1
+    max_steps: int = 4
+    max_operand: int = 99
+    seed: int = 0
+
+
+@dataclass
+class FilterConfig:
+    num_layers: int = 2
+    hidden_size: int | None = None
+    features: list[str] = field(default_factory=lambda: ["confidence"])
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "none"
+    project: str = "learn2pd"
+    mode: str = "offline"
+    dir: str = "${output_dir}"
+
+
+@dataclass
+class ArchitectureConfig:
+    hidden_size: int = MISSING
+    num_hidden_layers: int = MISSING
+    num_attention_heads: int = MISSING
+    intermediate_size: int = MISSING
+    max_position_embeddings: int = MISSING
+
+
+@dataclass
+class PretrainConfig:
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    batch_size: int = MISSING
+    windows: list[int] = MISSING
+    window_weights: list[float] = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    warmup_steps: int = MISSING
+    max_steps: int = MISSING
+    val_every: int = MISSING
+    val_prompts: int = MISSING
+    val_gen_length: int = MISSING
+    val_block_length: int = MISSING
+    checkpoint_every: int = MISSING
+    work_dir: str = MISSING
+    save_to: str = MISSING
+
+
+@dataclass
+class TrajectoriesConfig:
+    policy: str = MISSING
+    split: str = MISSING
+    num_prompts: int = MISSING
+    gen_length: int = MISSING
+    block_length: int = MISSING
+    steps: int | None = None
+    batch_size: int = MISSING
+    features: list[str] = MISSING
+    num_shards: int = 1
+    shard: int | None = None
+
+
+@dataclass
+class TrainFilterConfig:
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    batch_size: int | None = None
+    max_epochs: int = MISSING
+    val_every_n_epochs: int = MISSING
+    checkpoint_every_n_epochs: int = MISSING
+    threshold: float = MISSING
+    loss_on: str = MISSING
+    pos_weight: float = MISSING
+
+
+@dataclass
+class GridEntry:
+    """One ``sweep.grid`` entry: decode settings, a list meaning one setting per value (lists multiply out).
+
+    Unset fields (None) come from ``decode``; each expanded setting is then type-checked as a
+    :class:`DecodeSettings` by :mod:`pipeline.validation`.
+    """
+
+    policy: Any = None
+    gen_length: Any = None
+    block_length: Any = None
+    steps: Any = None
+    temperature: Any = None
+    remasking: Any = None
+    eotp: Any = None
+    batch_size: Any = None
+    seed: Any = None
+    cache: Any = None
+    threshold: Any = None
+    factor: Any = None
+    factor_rule: Any = None
+    filter_path: Any = None
+
+
+@dataclass
+class SweepConfig:
+    split: str = MISSING
+    num_prompts: int = MISSING
+    block_length: int = MISSING
+    gen_lengths: list[int] = MISSING
+    grid: list[GridEntry] = MISSING
+
+
+@dataclass
+class AggregateConfig:
+    tolerance: float = MISSING
+
+
+@dataclass
+class EvalConfig:
+    split: str = MISSING
+    num_prompts: int = MISSING
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    stage: str = MISSING
+    experiment_name: str = MISSING
+    force: bool = False
+    reuse_only: bool = False
+    device: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+    progress: bool = True
+    output_dir: str = MISSING
+    trajectories: TrajectoriesConfig = field(default_factory=TrajectoriesConfig)
+    train_filter: TrainFilterConfig = field(default_factory=TrainFilterConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register_schemas() -> None:
+    """Store the root schema as ``schema``; ``conf/config.yaml`` lists it first in its defaults."""
+    ConfigStore.instance().store(name="schema", node=Config)

@@ -1,0 +1,27 @@
+"""Reading and naming trajectory shards: the format the trajectories stage writes and filter training reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"shard-{index:05d}-of-{count:05d}"
+
+
+def load_shards(shards: Path):
+    """All shards as one ``datasets.Dataset``; a damaged shard is named with what to do."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    parts = []
+    for path in sorted(p for p in shards.iterdir() if p.name.startswith("shard-")):
+        try:
+            parts.append(load_from_disk(str(path)))
+        except Exception as error:  # datasets raises many kinds; all mean the shard cannot be read
+            raise InputError(path, f"damaged trajectory shard ({type(error).__name__}: {error})",
+                             f"delete {shards.parent} and rerun to recompute it") from error
+    if not parts:
+        raise InputError(shards, "no trajectory shards", f"delete {shards.parent} and rerun to recompute it")
+    return concatenate_datasets(parts)

@@ -1,0 +1,208 @@
+"""One pass over every setting a command will use, before any heavy import or any file is written.
+
+Hydra has already checked types and unknown keys against :mod:`pipeline.schema`; this checks ranges, choices,
+cross-field rules and the inputs a run reads (the model's files, a saved filter, a writable output folder) for
+each stage the command runs (:func:`pipeline.plan.stages_to_run`). Every failure is a :class:`ConfigError`
+naming the setting, its value and what is allowed. Torch-free by design: a bad setting fails in about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.decoding.settings import DecodeSettings, check_probability
+from pipeline.errors import ConfigError
+from pipeline.plan import STAGES, decode_settings, stages_to_run, sweep_settings
+from pipeline.tasks.base import SPLITS
+from pipeline.tasks.registry import build_task
+
+FEATURES = ("confidence", "entropy", "margin", "position", "step", "committed")  # pipeline/decoding/features.py
+DEVICE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+MODEL_KINDS = ("embedded", "hub")
+LOGGERS = ("wandb", "none")
+LOGGER_MODES = ("offline", "online", "disabled")
+TRAJECTORY_POLICIES = ("egp", "vanilla")
+LOSS_ON = ("all", "masked")
+MODEL_STAGES = ("trajectories", "sweep", "aggregate", "evaluate")  # stages that may load the model
+
+
+def validate(cfg: DictConfig, multirun: bool = False) -> list[str]:
+    """Check everything the command will use; returns the stages it runs, upstream first."""
+    if cfg.stage not in STAGES:
+        raise ConfigError("stage", cfg.stage, f"allowed: {', '.join(STAGES)}")
+    check_common(cfg)
+    stages = stages_to_run(cfg, multirun)
+    if set(stages) & set(MODEL_STAGES):
+        check_model(cfg)
+    for stage in stages:
+        CHECKS[stage](cfg, multirun)
+    return stages
+
+
+def at_least(cfg: DictConfig, setting: str, minimum: float, kind: str = "an integer") -> None:
+    value = OmegaConf.select(cfg, setting)
+    if value is None or value < minimum:
+        raise ConfigError(setting, value, f"allowed: {kind} >= {minimum:g}")
+
+
+def one_of(value, setting: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(setting, value, f"allowed: {', '.join(allowed)}")
+
+
+def check_common(cfg: DictConfig) -> None:
+    if not DEVICE.match(str(cfg.device)):
+        raise ConfigError("device", cfg.device, "allowed: auto, cpu, cuda, cuda:N")
+    if cfg.threads is not None:
+        at_least(cfg, "threads", 1)
+    one_of(cfg.logger.kind, "logger.kind", LOGGERS)
+    if cfg.logger.kind == "wandb":
+        one_of(cfg.logger.mode, "logger.mode", LOGGER_MODES)
+    check_writable(Path(cfg.output_dir), "output_dir")
+
+
+def check_writable(path: Path, setting: str) -> None:
+    """The folder exists and is writable, or the nearest existing parent is a writable folder."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(setting, path, f"{existing} is not a folder; allowed: a folder path that can be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(setting, path, f"{existing} is not writable; allowed: a writable folder")
+
+
+def check_model(cfg: DictConfig) -> None:
+    m = cfg.model
+    one_of(m.kind, "model.kind", MODEL_KINDS)
+    one_of(m.dtype, "model.dtype", DTYPES)
+    if not (Path(m.path) / "config.json").is_file():
+        raise ConfigError("model.path", m.path,
+                          "no model there (expected config.json and weights); for the embedded model run "
+                          "`python -m pipeline stage=pretrain`, for a hub model download it and point model.path "
+                          "at the local copy")
+
+
+def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str) -> None:
+    split, count = OmegaConf.select(cfg, split_setting), OmegaConf.select(cfg, count_setting)
+    one_of(split, split_setting, SPLITS)
+    available = build_task(cfg.task).split_size(split)
+    if not 1 <= count <= available:
+        raise ConfigError(count_setting, count,
+                          f"allowed: 1 to {available} (the distinct prompts of the {split} split)")
+
+
+def check_features(features, setting: str) -> None:
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown or not features:
+        raise ConfigError(setting, list(features), f"allowed: a non-empty list of {', '.join(FEATURES)}")
+
+
+def check_trajectories(cfg: DictConfig, multirun: bool) -> None:
+    t = cfg.trajectories
+    one_of(t.policy, "trajectories.policy", TRAJECTORY_POLICIES)
+    check_task_split(cfg, "trajectories.split", "trajectories.num_prompts")
+    DecodeSettings(gen_length=t.gen_length, block_length=t.block_length, steps=t.steps,
+                   batch_size=t.batch_size).validate("trajectories")
+    check_features(list(t.features), "trajectories.features")
+    if not 1 <= t.num_shards <= t.num_prompts:
+        raise ConfigError("trajectories.num_shards", t.num_shards,
+                          f"allowed: 1 to trajectories.num_prompts ({t.num_prompts})")
+    if t.shard is not None:
+        if cfg.stage != "trajectories":
+            raise ConfigError("trajectories.shard", t.shard,
+                              "only with stage=trajectories (one array task per shard); drop it here")
+        if not 0 <= t.shard < t.num_shards:
+            raise ConfigError("trajectories.shard", t.shard, f"allowed: 0 to {t.num_shards - 1}")
+
+
+def check_train_filter(cfg: DictConfig, multirun: bool) -> None:
+    tf, f = cfg.train_filter, cfg.filter
+    check_features(list(f.features), "filter.features")
+    missing = [x for x in f.features if x not in cfg.trajectories.features]
+    if missing:
+        raise ConfigError("filter.features", list(f.features),
+                          f"{missing} not recorded; allowed: features in trajectories.features "
+                          f"({list(cfg.trajectories.features)})")
+    at_least(cfg, "filter.num_layers", 1)
+    if f.hidden_size is not None:
+        at_least(cfg, "filter.hidden_size", 1)
+    if not tf.lr > 0:
+        raise ConfigError("train_filter.lr", tf.lr, "allowed: a number > 0")
+    at_least(cfg, "train_filter.weight_decay", 0, "a number")
+    if tf.batch_size is not None:
+        at_least(cfg, "train_filter.batch_size", 1)
+    for name in ("max_epochs", "val_every_n_epochs", "checkpoint_every_n_epochs"):
+        at_least(cfg, f"train_filter.{name}", 1)
+    check_probability(tf.threshold, "train_filter.threshold")
+    one_of(tf.loss_on, "train_filter.loss_on", LOSS_ON)
+    if not tf.pos_weight > 0:
+        raise ConfigError("train_filter.pos_weight", tf.pos_weight, "allowed: a number > 0")
+
+
+def check_filter_path(path: str | None, setting: str) -> None:
+    if path is not None and not (Path(path) / "filter.json").is_file():
+        raise ConfigError(setting, path, "no saved filter there; allowed: a train_filter artifact's filter/ folder "
+                                         "(with filter.json and filter.safetensors)")
+
+
+def check_sweep(cfg: DictConfig, multirun: bool) -> None:
+    s = cfg.sweep
+    check_task_split(cfg, "sweep.split", "sweep.num_prompts")
+    at_least(cfg, "sweep.block_length", 1)
+    if not s.gen_lengths:
+        raise ConfigError("sweep.gen_lengths", [], "allowed: a non-empty list of generation lengths")
+    if not s.grid and not multirun:
+        raise ConfigError("sweep.grid", [], "allowed: a non-empty list of decode settings")
+    decode_settings(cfg).validate()  # the user's choice is checked even where the grid overrides it
+    check_filter_path(cfg.decode.filter_path, "decode.filter_path")
+    for setting in sweep_settings(cfg, multirun):
+        check_filter_path(setting.filter_path, "decode.filter_path")
+        if setting.policy == "filter" and not setting.filter_path and \
+                setting.block_length != cfg.trajectories.block_length:
+            raise ConfigError("trajectories.block_length", cfg.trajectories.block_length,
+                              f"the filter is tied to its block length; allowed: the sweep's block length "
+                              f"({setting.block_length})")
+
+
+def check_aggregate(cfg: DictConfig, multirun: bool) -> None:
+    if not 0 <= cfg.aggregate.tolerance < 1:
+        raise ConfigError("aggregate.tolerance", cfg.aggregate.tolerance, "allowed: a number in [0, 1)")
+
+
+def check_evaluate(cfg: DictConfig, multirun: bool) -> None:
+    settings = decode_settings(cfg).validate()
+    check_task_split(cfg, "eval.split", "eval.num_prompts")
+    if settings.policy == "filter" and not settings.filter_path:
+        raise ConfigError("decode.filter_path", None, "decode=filter needs a saved filter (a train_filter "
+                                                      "artifact's filter/ folder)")
+    check_filter_path(settings.filter_path, "decode.filter_path")
+
+
+def check_pretrain(cfg: DictConfig, multirun: bool) -> None:
+    p = cfg.pretrain
+    for name in ("batch_size", "max_steps", "val_every", "val_prompts", "checkpoint_every"):
+        at_least(cfg, f"pretrain.{name}", 1)
+    at_least(cfg, "pretrain.warmup_steps", 0)
+    if not p.lr > 0:
+        raise ConfigError("pretrain.lr", p.lr, "allowed: a number > 0")
+    if len(p.windows) != len(p.window_weights) or not p.windows:
+        raise ConfigError("pretrain.window_weights", list(p.window_weights),
+                          f"allowed: one weight per window ({len(p.windows)})")
+    if any(w < 0 for w in p.window_weights) or not sum(p.window_weights) > 0:
+        raise ConfigError("pretrain.window_weights", list(p.window_weights), "allowed: weights >= 0, not all 0")
+    if p.val_block_length < 1 or p.val_gen_length < 1 or p.val_gen_length % p.val_block_length:
+        raise ConfigError("pretrain.val_block_length", p.val_block_length,
+                          f"allowed: a positive divisor of pretrain.val_gen_length ({p.val_gen_length})")
+    build_task(cfg.task)
+    check_writable(Path(p.work_dir), "pretrain.work_dir")
+    check_writable(Path(p.save_to), "pretrain.save_to")
+
+
+CHECKS = {"trajectories": check_trajectories, "train_filter": check_train_filter, "sweep": check_sweep,
+          "aggregate": check_aggregate, "evaluate": check_evaluate, "pretrain": check_pretrain}
