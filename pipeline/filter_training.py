@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import BinaryAUROC, BinaryStatScores
 
 from models.filter import BlockFilter, FilterConfig
+from pipeline.errors import ConfigError
 
 SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
 
@@ -28,8 +29,8 @@ class TrajectoryDataModule(L.LightningDataModule):
         super().__init__()
         missing = [f for f in features if f not in recorded]
         if missing:
-            raise ValueError(f"filter.features {missing} were not recorded; recorded: {recorded} "
-                             "(add them to trajectories.features)")
+            raise ConfigError("filter.features", features, f"{missing} were not recorded; allowed: {recorded} "
+                                                           "(or add them to trajectories.features)")
         self.shards, self.recorded, self.features = shards, recorded, features
         self.batch_size, self.seed = batch_size, seed
         self.splits: dict[str, TensorDataset] = {}
@@ -54,8 +55,10 @@ class TrajectoryDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset = self.splits[name]
-        size = self.batch_size or max(1, len(dataset))  # None: full batch, as published
-        return DataLoader(dataset, batch_size=size, shuffle=shuffle)
+        if not self.batch_size:  # full batch, as published: one batch per epoch, in a fixed order
+            return DataLoader(dataset, batch_size=max(1, len(dataset)))
+        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -65,6 +68,24 @@ class TrajectoryDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A shuffle that depends only on (seed, epoch), so a run resumed from a checkpoint sees the same batches
+    as one that was never interrupted (Lightning calls ``set_epoch``)."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 class FilterModule(L.LightningModule):

@@ -52,6 +52,11 @@ class DecodeAccuracy(L.Callback):
 
 
 def run(cfg: DictConfig) -> Path:
+    with quiet_lightning():
+        return pretrain(cfg)
+
+
+def pretrain(cfg: DictConfig) -> Path:
     pcfg = cfg.pretrain
     device = resolve_device(cfg.device)
     L.seed_everything(cfg.seed, workers=True)
@@ -86,8 +91,7 @@ def run(cfg: DictConfig) -> Path:
     last = work_dir / "checkpoints" / "last.ckpt"
     if last.exists():
         log.info("resuming from %s", last)
-    with quiet_lightning():
-        trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
     save_to = Path(pcfg.save_to)
     tmp = save_to.with_name(save_to.name + ".tmp")
     module.model.save_pretrained(tmp)

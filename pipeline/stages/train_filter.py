@@ -45,7 +45,7 @@ def ensure(ctx: StageContext, upstream: bool = False) -> Artifact:
     if source is None:
         raise InputError(ctx.store.path(trajectories.spec(ctx)), "trajectories are incomplete (shards missing)",
                          "run the missing trajectories.shard array tasks before train_filter")
-    with tracking(ctx.cfg, "train_filter", s.key) as tracker:
+    with tracking(ctx.cfg, "train_filter", s.key) as tracker, quiet_lightning():
         artifact = ctx.store.materialize(s, lambda work: fit(ctx, source, work, tracker), force=True,
                                          inputs={"trajectories": source})
         tracker.summary(artifact.figures)
@@ -66,8 +66,12 @@ def fit(ctx: StageContext, source: Artifact, work: Path, tracker) -> dict:
                          num_layers=cfg.filter.num_layers, hidden_size=cfg.filter.hidden_size)
     module = FilterModule(filter_config, lr=tf.lr, weight_decay=tf.weight_decay, threshold=tf.threshold,
                           loss_on=tf.loss_on, pos_weight=tf.pos_weight)
-    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=work / "checkpoints", save_last=True, save_top_k=0,
-                                                      every_n_epochs=tf.checkpoint_every_n_epochs)
+    # One rolling checkpoint, last.ckpt, every checkpoint_every_n_epochs (Lightning's save_last alone writes
+    # nothing until a top-k checkpoint is saved, so a killed run had nothing to resume from).
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=work / "checkpoints", filename="last", save_top_k=1, every_n_epochs=tf.checkpoint_every_n_epochs,
+        save_on_train_epoch_end=True, enable_version_counter=False,
+    )
     loggers = [L.pytorch.loggers.CSVLogger(work, name="logs", version=0)]
     if tracker.run is not None:
         loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
@@ -77,19 +81,32 @@ def fit(ctx: StageContext, source: Artifact, work: Path, tracker) -> dict:
         check_val_every_n_epoch=tf.val_every_n_epochs, log_every_n_steps=1, default_root_dir=work,
         enable_model_summary=False,
     )
-    last = work / "checkpoints" / "last.ckpt"
-    if last.exists():
-        log.info("train_filter: resuming from %s", last)
-    with quiet_lightning():
-        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
-        validation = {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
-        test = {k: float(v) for k, v in trainer.test(module, datamodule=data, verbose=False)[0].items()}
+    last = resumable(work / "checkpoints" / "last.ckpt")
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last else None)
+    validation = {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
+    test = {k: float(v) for k, v in trainer.test(module, datamodule=data, verbose=False)[0].items()}
     module.network.save(work / "filter")
     figures = {**validation, **test, "parameters": sum(p.numel() for p in module.network.parameters()),
                **{f"rows_{k}": v for k, v in data.sizes().items()}}
     (work / "metrics.json").write_text(json.dumps(figures, indent=2))
     log.info("train_filter: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
     return figures
+
+
+def resumable(checkpoint: Path) -> Path | None:
+    """The checkpoint a killed run left, if it loads (a kill while it was being written leaves it truncated)."""
+    import torch
+
+    if not checkpoint.exists():
+        return None
+    try:
+        epoch = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
+    except Exception as error:  # a partial write: unpickling fails in many ways
+        log.warning("train_filter: ignoring the unreadable checkpoint %s (%s)", checkpoint, error)
+        checkpoint.unlink()
+        return None
+    log.info("train_filter: resuming from %s (after epoch %d)", checkpoint, epoch)
+    return checkpoint
 
 
 def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
