@@ -130,6 +130,9 @@ def app(cfg: DictConfig) -> object:
 
 def main() -> None:
     register()
+    # ``-m`` may stand anywhere among the overrides (Hydra's parser wants it before them)
+    flags = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
+    sys.argv[1:] = flags + [a for a in sys.argv[1:] if a not in flags]
     args = get_args_parser().parse_args()
     informational = (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
                      or args.config_path or args.config_dir or args.experimental_rerun)

@@ -67,15 +67,6 @@ class WandbTracker(Tracker):
         self.run.summary.update(values)
 
 
-def check_logger(cfg: DictConfig) -> None:
-    kinds = ("wandb", "none")
-    if cfg.logger.kind not in kinds:
-        raise ValueError(f"logger.kind={cfg.logger.kind!r} is unknown; allowed: {', '.join(kinds)}")
-    modes = ("offline", "online", "disabled")
-    if cfg.logger.kind == "wandb" and cfg.logger.mode not in modes:
-        raise ValueError(f"logger.mode={cfg.logger.mode!r} is unknown; allowed: {', '.join(modes)}")
-
-
 @contextlib.contextmanager
 def tracking(cfg: DictConfig, stage: str, key: str, config: dict[str, Any] | None = None) -> Iterator[Tracker]:
     """Open a run for one stage execution and always finish it, even when the stage fails."""

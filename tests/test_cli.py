@@ -1,4 +1,4 @@
-"""Behaviour through the command line a user types: bad input fails early and clearly; pretraining runs."""
+"""Behaviour through the command line a user types: bad input fails at once, in one line, writing nothing."""
 
 from __future__ import annotations
 
@@ -13,34 +13,92 @@ from transformers import AutoModel
 from pipeline.config import PROJECT_ROOT
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="0")
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["decode.gen_length=60", "decode.block_length=16"],
-     "decode.gen_length=60 is not a multiple of decode.block_length"),
-    (["decode.steps=5"], "decode.steps=5 is not divisible by the number of blocks"),
-    (["decode=threshold", "decode.threshold=1.5"], "decode.threshold=1.5 is out of range"),
-    (["decode=threshold", "decode.threshold=0"], "decode.threshold=0 is out of range"),
-    (["decode=nonsense"], "Could not find 'decode/nonsense'"),
-    (["decode.policy=greedy"], "decode.policy='greedy' is unknown; allowed: egp, factor, filter"),
-    (["stage=bake"], "stage='bake' is unknown"),
-    (["device=tpu"], "device='tpu' is unknown"),
-])
-def test_bad_settings_fail_before_work_with_a_clear_message(tmp_path, args, message):
-    result = run_cli("stage=evaluate", f"output_dir={tmp_path}", *args)
-    assert result.returncode != 0
-    assert message in result.stderr + result.stdout
-    assert not (tmp_path / "artifacts").exists()
+MICRO = "+experiment=micro"
+# (arguments, the start of the one-line message). Each names the setting and its value.
+BAD_SETTINGS = [
+    ([MICRO, "decode.eotp=maybe"], "decode.eotp=maybe: Value 'maybe' is not a valid bool"),
+    ([MICRO, "decode=nonsense"], "decode=nonsense: no such option; allowed: egp, factor, filter, threshold, vanilla"),
+    (["+experiment=nope"], "experiment=nope: no such option; allowed: micro, tiny, tiny_full"),
+    ([MICRO, "decode.colour=1"], "decode.colour: no such setting; allowed: policy, gen_length"),
+    ([MICRO, "sweep.grid=[{policy: threshold, thresold: 0.5}]"], "sweep.grid: thresold: no such setting"),
+    ([MICRO, "sweep.grid=[{policy: threshold, threshold: 2}]"], "sweep.grid[0].threshold=2.0: allowed: a number in"),
+    ([MICRO, "sweep.grid=[{policy: filter, threshold: 0}]"], "sweep.grid[0].threshold=0.0: allowed"),
+    ([MICRO, "sweep.grid=[{policy: vanilla, eotp: [maybe]}]"], "sweep.grid[0].eotp=maybe: Value 'maybe'"),
+    ([MICRO, "sweep.grid=[{policy: greedy}]"], "sweep.grid[0].policy=greedy: allowed: egp, factor"),
+    ([MICRO, "sweep.split=bogus"], "sweep.split=bogus: allowed: train, validation, test"),
+    ([MICRO, "sweep.num_prompts=0"], "sweep.num_prompts=0: allowed: 1 to 2035"),
+    ([MICRO, "sweep.num_prompts=5000"], "sweep.num_prompts=5000: allowed: 1 to 2035"),
+    (["stage=evaluate", "eval.num_prompts=0"], "eval.num_prompts=0: allowed: 1 to 2035"),
+    ([MICRO, "trajectories.num_prompts=40000"], "trajectories.num_prompts=40000: allowed: 1 to 35254"),
+    ([MICRO, "train_filter.lr=-1"], "train_filter.lr=-1.0: allowed: a number > 0"),
+    ([MICRO, "train_filter.max_epochs=0"], "train_filter.max_epochs=0: allowed: an integer >= 1"),
+    ([MICRO, "train_filter.batch_size=0"], "train_filter.batch_size=0: allowed: an integer >= 1"),
+    ([MICRO, "train_filter.val_every_n_epochs=0"], "train_filter.val_every_n_epochs=0: allowed"),
+    ([MICRO, "train_filter.loss_on=some"], "train_filter.loss_on=some: allowed: all, masked"),
+    ([MICRO, "aggregate.tolerance=-1"], "aggregate.tolerance=-1.0: allowed: a number in [0, 1)"),
+    ([MICRO, "decode=filter", "decode.filter_path=/nonexistent"], "decode.filter_path=/nonexistent: no saved filter"),
+    (["stage=evaluate", "decode=filter"], "decode.filter_path=null: decode=filter needs a saved filter"),
+    ([MICRO, "task.max_steps=12"], "task.max_steps=12: allowed: task.min_steps (1) to 9"),
+    ([MICRO, "task.max_operand=x"], "task.max_operand=x: Value 'x' of type 'str' could not be converted"),
+    ([MICRO, "model.dtype=int8"], "model.dtype=int8: allowed: auto, float32, bfloat16, float16"),
+    ([MICRO, "model.path=/nonexistent"], "model.path=/nonexistent: no model there"),
+    ([MICRO, "device=tpu"], "device=tpu: allowed: auto, cpu, cuda, cuda:N"),
+    ([MICRO, "threads=0"], "threads=0: allowed: an integer >= 1"),
+    ([MICRO, "stage=bake"], "stage=bake: allowed: all, trajectories"),
+    ([MICRO, "stage=sweep", "decode.policy=greedy"], "decode.policy=greedy: allowed: egp, factor, filter"),
+    ([MICRO, "trajectories.policy=threshold"], "trajectories.policy=threshold: allowed: egp, vanilla"),
+    ([MICRO, "trajectories.num_shards=0"], "trajectories.num_shards=0: allowed: 1 to trajectories.num_prompts"),
+    ([MICRO, "trajectories.shard=1"], "trajectories.shard=1: only with stage=trajectories"),
+    ([MICRO, "filter.features=[confidence,colour]"], "filter.features=['confidence', 'colour']: allowed"),
+    ([MICRO, "filter=mlp2_rich", "trajectories.features=[confidence]"], "filter.features=['confidence', 'entropy'"),
+    (["stage=evaluate", "decode.gen_length=60"], "decode.block_length=16: must divide decode.gen_length=60"),
+    (["stage=evaluate", "decode.cache=huge"], "decode.cache=huge: allowed: none, prefix, dual"),
+    ([MICRO, "logger.mode=loud"], "logger.mode=loud: allowed: offline, online, disabled"),
+    ([MICRO, "+decode.threshold=0.5"], "Could not append to config. An item is already at 'decode.threshold'"),
+    (["-m", MICRO, "stage=sweep", "decode=threshold", "decode.threshold=0.5,7"], "decode.threshold=7.0: allowed"),
+    (["stage=pretrain", "pretrain.lr=0"], "pretrain.lr=0.0: allowed: a number > 0"),
+    ([MICRO, "output_dir=/etc/hostname/outputs"], "output_dir=/etc/hostname/outputs: /etc/hostname is not a folder"),
+]
 
 
-def test_a_prompt_longer_than_the_context_is_refused(tmp_path):
-    result = run_cli("stage=evaluate", f"output_dir={tmp_path}", "decode.gen_length=512", "decode.block_length=32")
+@pytest.mark.parametrize("args,message", BAD_SETTINGS, ids=[" ".join(a) for a, _ in BAD_SETTINGS])
+def test_a_bad_setting_fails_in_one_line_with_status_2_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    result = run_cli(f"output_dir={out}", *args, "progress=false")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == result.stderr.strip().splitlines()[0], "one line, no traceback"
+    assert result.stderr.startswith(f"error: {message}"), result.stderr
+    assert result.stdout == ""
+    assert not out.exists()
+
+
+def test_the_full_stack_is_there_when_asked_for(tmp_path):
+    result = run_cli(f"output_dir={tmp_path / 'out'}", MICRO, "train_filter.lr=-1", env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0
-    assert "exceeds the model's context of 512" in result.stderr
+    assert "Traceback" in result.stderr and "ConfigError: train_filter.lr=-1.0" in result.stderr
+
+
+def test_a_prompt_longer_than_the_context_is_refused_in_one_line(tmp_path):
+    result = run_cli("stage=evaluate", f"output_dir={tmp_path}", "decode.gen_length=512", "decode.block_length=32",
+                     "progress=false")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: decode.gen_length=512: prompt 0 has")
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_stages_experiments_and_policies():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for word in ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "pretrain",
+                 "experiment: micro, tiny, tiny_full", "decode: egp, factor, filter, threshold, vanilla"):
+        assert word in result.stdout
 
 
 def test_pretraining_a_micro_model_for_a_few_steps_saves_a_loadable_model(tmp_path):
@@ -53,6 +111,7 @@ def test_pretraining_a_micro_model_for_a_few_steps_saves_a_loadable_model(tmp_pa
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation exact match" in result.stderr
+    assert result.stdout == "", "stdout carries results only"
     import models  # noqa: F401
 
     model = AutoModel.from_pretrained(save_to)

@@ -10,9 +10,21 @@ import torch
 from models import DiffusionLM, DiffusionLMConfig
 from pipeline.data import encode_prompt
 from pipeline.decoding import DecodeSettings, decode
-from pipeline.decoding.policies import ExtremelyGreedy, Factor, LearnedFilter, Threshold, Vanilla, policy_class
-from pipeline.decoding.schedule import gumbel_argmax, vanilla_schedule
+from pipeline.decoding.features import FEATURES
+from pipeline.decoding.policies import (
+    POLICIES,
+    ExtremelyGreedy,
+    Factor,
+    LearnedFilter,
+    StepView,
+    Threshold,
+    Vanilla,
+    build_policy,
+)
+from pipeline.decoding.schedule import gumbel_argmax, top_k_mask, vanilla_schedule
+from pipeline.decoding.settings import POLICY_PARAMETERS
 from pipeline.tasks import ChainedAddition
+from pipeline.validation import FEATURES as VALIDATED_FEATURES
 from tests.reference_llada import llada_generate
 
 MASK, EOS = 1, 0
@@ -145,10 +157,12 @@ def test_eotp_under_a_micro_model_fills_the_rest_with_end_of_text(micro_model, t
 
 
 BAD_SETTINGS = [
-    (dict(gen_length=30, block_length=8), "decode.gen_length=30 is not a multiple of decode.block_length=8"),
-    (dict(gen_length=32, block_length=8, steps=6), "decode.steps=6 is not divisible by the number of blocks"),
-    (dict(remasking="highest"), "decode.remasking='highest' is unknown"),
+    (dict(gen_length=30, block_length=8), "decode.block_length=8: must divide decode.gen_length=30"),
+    (dict(gen_length=32, block_length=8, steps=6), "decode.steps=6: allowed: a positive multiple of the number of"),
+    (dict(remasking="highest"), "decode.remasking=highest: allowed: low_confidence, random"),
     (dict(temperature=-1.0), "decode.temperature=-1.0"),
+    (dict(policy="greedy"), "decode.policy=greedy: allowed: egp, factor, filter, threshold, vanilla"),
+    (dict(policy="factor", factor_rule="fast"), "decode.factor_rule=fast: allowed: paper, reference"),
 ]
 
 
@@ -160,15 +174,43 @@ def test_bad_settings_raise_before_decoding(micro_model, tokenizer, overrides, m
 
 @pytest.mark.parametrize("value", [0.0, -0.1, 1.5, None])
 def test_thresholds_outside_the_unit_interval_are_refused(value):
-    with pytest.raises(ValueError, match=r"decode\.threshold=.* is out of range; allowed: a number in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"decode\.threshold=.*: allowed: a number in \(0, 1\]"):
         Threshold(value)
     with pytest.raises(ValueError, match=r"decode\.threshold"):
         LearnedFilter(torch.nn.Identity(), threshold=value)
 
 
-def test_unknown_policy_names_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"decode\.policy='greedy' is unknown; allowed: egp, factor, filter"):
-        policy_class("greedy")
+def test_the_policy_registry_the_settings_and_the_validated_features_agree():
+    assert set(POLICIES) == set(POLICY_PARAMETERS)
+    assert tuple(FEATURES) == VALIDATED_FEATURES
+    for name in POLICY_PARAMETERS:
+        settings = DecodeSettings(policy=name)
+        if name != "filter":
+            assert build_policy(settings).name == name
+
+
+def view_of(confidence: list[float]) -> StepView:
+    scores = torch.tensor([confidence])
+    masked = torch.ones_like(scores, dtype=torch.bool)
+    return StepView(scores[..., None], torch.zeros_like(scores, dtype=torch.long), scores, scores, masked,
+                    torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), 0, 0, 0)
+
+
+def test_the_threshold_keeps_confidences_equal_to_it_as_fast_dllm_does():
+    commit, _ = Threshold(0.5).select(view_of([0.5, 0.25, 0.75, 0.4999]))
+    assert commit.tolist() == [[True, False, True, False]]
+
+
+def test_the_factor_rules_differ_only_when_just_the_last_ranked_token_fails():
+    # f = 1: the k-th most confident passes if c_k >= 1 - 1/(k+1): 0.5, 0.667, 0.75, 0.8
+    only_last_fails = [0.9, 0.8, 0.85, 0.1]
+    assert Factor(1.0).select(view_of(only_last_fails))[0].tolist() == [[True, True, True, False]]
+    assert Factor(1.0, "reference").select(view_of(only_last_fails))[0].tolist() == [[True, True, True, True]]
+    two_fail = [0.9, 0.8, 0.2, 0.1]
+    for rule in ("paper", "reference"):
+        assert Factor(1.0, rule).select(view_of(two_fail))[0].tolist() == [[True, True, False, False]]
+    assert top_k_mask(torch.tensor([[0.1, 0.9]]), torch.ones(1, 2, dtype=torch.bool), torch.tensor([1])).tolist() \
+        == [[False, True]]
 
 
 def test_empty_prompts_and_overlong_windows_are_refused(micro_model, tokenizer):
@@ -216,5 +258,5 @@ def test_a_cache_on_a_model_without_support_is_refused(tokenizer):
         def forward(self, input_ids, **_):
             return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 8)})()
 
-    with pytest.raises(ValueError, match="decode.cache=dual needs a model with block-cache support"):
+    with pytest.raises(ValueError, match="decode.cache=dual: needs a model with block-cache support"):
         decode(Plain(), prompts_for(tokenizer, 1), Vanilla(), DecodeSettings(cache="dual"), MASK, EOS)

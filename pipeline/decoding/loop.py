@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from pipeline.decoding.policies import Policy, StepView
 from pipeline.decoding.schedule import gumbel_argmax, vanilla_schedule
 from pipeline.decoding.settings import DecodeSettings
+from pipeline.errors import ConfigError
 
 
 @dataclass
@@ -37,10 +38,9 @@ def check_prompts(prompts: Sequence[Sequence[int]], gen_length: int, max_context
         if len(prompt) == 0:
             raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
         if max_context is not None and len(prompt) + gen_length > max_context:
-            raise ValueError(
-                f"prompt {i} has {len(prompt)} tokens; with decode.gen_length={gen_length} that exceeds the "
-                f"model's context of {max_context}; allowed: prompt length + gen_length <= {max_context}"
-            )
+            raise ConfigError("decode.gen_length", gen_length,
+                              f"prompt {i} has {len(prompt)} tokens and with them this exceeds the model's context "
+                              f"of {max_context}; allowed: prompt length + gen_length <= {max_context}")
 
 
 @torch.no_grad()
@@ -150,8 +150,8 @@ def decode(
     """Decode all prompts in batches of ``settings.batch_size``; validates everything before the first step."""
     settings.validate()
     if settings.cache != "none" and not getattr(model, "supports_block_cache", False):
-        raise ValueError(f"decode.cache={settings.cache} needs a model with block-cache support (the embedded "
-                         f"model); allowed for {type(model).__name__}: none")
+        raise ConfigError("decode.cache", settings.cache, f"needs a model with block-cache support (the embedded "
+                                                          f"model); allowed for {type(model).__name__}: none")
     check_prompts(prompts, settings.gen_length, max_context)
     if references is not None and references.shape != (len(prompts), settings.gen_length):
         raise ValueError(
