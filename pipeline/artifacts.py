@@ -46,8 +46,13 @@ def content_key(payload: dict[str, Any]) -> str:
 
 @functools.cache
 def source_digest(path: str) -> str:
-    """A digest of one module's syntax tree without docstrings: comments, formatting and docs do not count."""
-    tree = ast.parse((PROJECT_ROOT / path).read_text(), filename=path)
+    """The :func:`syntax_digest` of a project file."""
+    return syntax_digest((PROJECT_ROOT / path).read_text())
+
+
+def syntax_digest(source: str) -> str:
+    """A digest of Python source's syntax tree without docstrings: comments, formatting and docs do not count."""
+    tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)

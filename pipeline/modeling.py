@@ -23,6 +23,7 @@ class LoadedModel:
 
 
 def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
 
     import models  # noqa: F401  (registers the embedded model with AutoModel)
@@ -37,7 +38,7 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
     try:
         model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:  # damaged or incomplete files
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:  # damaged or incomplete files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(path, f"the model could not be loaded ({type(error).__name__}: {first})", fix) from error
     mask_id = cfg.mask_token_id or getattr(model.config, "mask_token_id", None) or tokenizer.mask_token_id
