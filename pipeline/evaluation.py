@@ -12,8 +12,9 @@ import statistics
 import torch
 
 from pipeline.data import decode_answer, encode_prompt
-from pipeline.decoding import DecodeOutput, DecodeSettings, build_policy, decode
-from pipeline.decoding.policies import Policy, Vanilla
+from pipeline.decoding.loop import DecodeOutput, decode
+from pipeline.decoding.policies import Policy, Vanilla, build_policy
+from pipeline.decoding.settings import DecodeSettings
 from pipeline.modeling import LoadedModel
 from pipeline.tasks.base import Example, Task
 

@@ -79,6 +79,16 @@ def test_a_bad_setting_fails_in_one_line_with_status_2_and_writes_nothing(tmp_pa
     assert not out.exists()
 
 
+def test_a_bad_setting_is_refused_before_torch_and_friends_are_imported():
+    code = ("import sys\nfrom pipeline.cli import main\n"
+            "sys.argv = ['pipeline', '+experiment=micro', 'train_filter.lr=-1']\n"
+            "try:\n    main()\nexcept SystemExit as exit:\n    assert exit.code == 2\n"
+            "print(sorted(m for m in ('torch', 'lightning', 'datasets', 'transformers', 'wandb') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_the_full_stack_is_there_when_asked_for(tmp_path):
     result = run_cli(f"output_dir={tmp_path / 'out'}", MICRO, "train_filter.lr=-1", env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0

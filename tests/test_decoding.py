@@ -9,8 +9,8 @@ import torch
 
 from models import DiffusionLM, DiffusionLMConfig
 from pipeline.data import encode_prompt
-from pipeline.decoding import DecodeSettings, decode
 from pipeline.decoding.features import FEATURES
+from pipeline.decoding.loop import decode
 from pipeline.decoding.policies import (
     POLICIES,
     ExtremelyGreedy,
@@ -22,7 +22,7 @@ from pipeline.decoding.policies import (
     build_policy,
 )
 from pipeline.decoding.schedule import gumbel_argmax, top_k_mask, vanilla_schedule
-from pipeline.decoding.settings import POLICY_PARAMETERS
+from pipeline.decoding.settings import POLICY_PARAMETERS, DecodeSettings
 from pipeline.tasks import ChainedAddition
 from pipeline.validation import FEATURES as VALIDATED_FEATURES
 from tests.reference_llada import llada_generate

@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from models.tokenizer import build_char_tokenizer
 from pipeline.config import resolve_device
 from pipeline.data import PretrainStream, decode_answer, encode_prompt
-from pipeline.decoding import DecodeSettings, decode
+from pipeline.decoding.loop import decode
 from pipeline.decoding.policies import Vanilla
+from pipeline.decoding.settings import DecodeSettings
 from pipeline.pretrain import DiffusionPretraining
 from pipeline.stages.common import quiet_lightning
 from pipeline.tasks.registry import build_task

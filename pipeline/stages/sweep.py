@@ -27,7 +27,7 @@ from pipeline.artifacts import (
     folder_digest,
     write_json_atomic,
 )
-from pipeline.decoding import DecodeSettings
+from pipeline.decoding.settings import DecodeSettings
 from pipeline.evaluation import evaluate_setting
 from pipeline.plan import is_multirun, sweep_settings, trains_filter
 from pipeline.stages import train_filter

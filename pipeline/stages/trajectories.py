@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 
 from pipeline.artifacts import Artifact, ArtifactSpec, atomic_dir, code_digest
 from pipeline.data import encode_prompt
-from pipeline.decoding import DecodeSettings, StepView
 from pipeline.decoding.features import block_features
-from pipeline.decoding.policies import ExtremelyGreedy, Vanilla
+from pipeline.decoding.policies import ExtremelyGreedy, StepView, Vanilla
+from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import InputError
 from pipeline.evaluation import reference_outputs, run_decode
 from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain
