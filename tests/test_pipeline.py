@@ -68,7 +68,9 @@ def test_the_whole_pipeline_writes_every_artifact(micro_run):
     (agg,) = artifacts(out, "aggregate")
     for name in ("frontier.csv", "frontier.md", "frontier.png"):
         assert (agg / name).stat().st_size > 0
-    assert "| setting | accuracy |" in first.stdout and "frontier plot:" in first.stdout
+    assert first.stdout.startswith("| setting | accuracy |") and "frontier plot:" in first.stdout, \
+        "stdout carries the results only"
+    assert first.stderr.count("GPU available") == 1 and "INFO: " not in first.stderr, "each log line once"
 
 
 def sweep_results(out: Path) -> dict[str, dict]:
