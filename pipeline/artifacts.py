@@ -37,6 +37,7 @@ from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+FORMAT = 2  # manifests of format 1 (before code digests and content digests) are ignored by listings
 
 
 def content_key(payload: dict[str, Any]) -> str:
@@ -156,9 +157,14 @@ class ArtifactStore:
         return read_artifact(path) if (path / MANIFEST).exists() else None
 
     def all(self, stage: str) -> list[Artifact]:
-        """Every complete artifact of a stage."""
-        return [read_artifact(m.parent) for m in sorted((self.root / stage).glob(f"*/{MANIFEST}"))
-                if not m.parent.name.endswith(".partial")]
+        """Every complete artifact of a stage written in this format (older ones cannot be checked, so they are
+        left out; their keys can never be asked for again anyway)."""
+        found = []
+        for manifest in sorted((self.root / stage).glob(f"*/{MANIFEST}")):
+            if manifest.parent.name.endswith(".partial") or is_older_format(manifest):
+                continue
+            found.append(read_artifact(manifest.parent))
+        return found
 
     def is_current(self, artifact: Artifact, inputs: Inputs) -> bool:
         """Whether ``artifact`` was computed from these upstream contents; logs why not. An absent upstream
@@ -216,16 +222,18 @@ class ArtifactStore:
             )
         return existing
 
-    def lock_path(self, spec: ArtifactSpec) -> Path:
-        return self.path(spec).with_name(spec.key + ".lock")
-
     def lock(self, spec: ArtifactSpec, part: str = "") -> contextlib.AbstractContextManager[None]:
-        path = self.lock_path(spec) if not part else self.begin(spec) / f"{part}.lock"
-        return file_lock(path, f"{spec.stage} {spec.key}{' ' + part if part else ''}")
+        """The lock of an artifact (``<key>.lock``) or of one part of it (``<key>.<part>.lock``), kept beside the
+        artifact so that taking it never creates a work directory."""
+        name = ".".join((spec.key, part, "lock") if part else (spec.key, "lock"))
+        return file_lock(self.path(spec).with_name(name), f"{spec.stage} {spec.key}{' ' + part if part else ''}")
+
+    def work_dir(self, spec: ArtifactSpec) -> Path:
+        return self.path(spec).with_name(spec.key + ".partial")
 
     def begin(self, spec: ArtifactSpec) -> Path:
         """The work directory of an artifact under construction; earlier atomic pieces in it are kept."""
-        work = self.path(spec).with_name(spec.key + ".partial")
+        work = self.work_dir(spec)
         work.mkdir(parents=True, exist_ok=True)
         return work
 
@@ -234,10 +242,9 @@ class ArtifactStore:
         """Write the manifest and rename the work directory into place in one step."""
         final = self.path(spec)
         work = final.with_name(spec.key + ".partial")
-        for scratch in (*work.glob("*.lock"), work / ".inputs.json"):
-            scratch.unlink(missing_ok=True)
+        (work / ".inputs.json").unlink(missing_ok=True)
         manifest = {
-            "stage": spec.stage, "key": spec.key, "code": spec.code, "settings": spec.settings,
+            "format": FORMAT, "stage": spec.stage, "key": spec.key, "code": spec.code, "settings": spec.settings,
             "inputs": spec.inputs, "input_digests": digests(inputs or {}), "labels": spec.labels,
             "figures": figures, "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "compute_seconds": round(seconds, 3), "files": folder_files(work), "digest": folder_digest(work),
@@ -250,6 +257,15 @@ class ArtifactStore:
         os.replace(work, final)
         log.info("%s %s: written to %s", spec.stage, spec.key, final)
         return Artifact(final, manifest)
+
+
+def is_older_format(manifest: Path) -> bool:
+    """A readable manifest of format 1 (it had a ``version`` and no ``format``)."""
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # damaged: read_artifact names it
+    return isinstance(data, dict) and "format" not in data and "version" in data
 
 
 REQUIRED = ("stage", "key", "digest", "files", "figures", "settings")

@@ -196,7 +196,7 @@ TRAJECTORIES = [*MICRO, "stage=trajectories", "trajectories.num_prompts=96", "tr
 def test_two_runs_on_one_output_folder_share_the_work(tmp_path, compose_cfg):
     out = tmp_path / "out"
     key = trajectories.spec(StageContext(compose_cfg(TRAJECTORIES[:1] + TRAJECTORIES[3:]))).key
-    lock = out / "artifacts" / "trajectories" / f"{key}.partial" / "shard-00000-of-00001.lock"
+    lock = out / "artifacts" / "trajectories" / f"{key}.shard-00000-of-00001.lock"
     command = [sys.executable, "-m", "pipeline", *TRAJECTORIES, f"output_dir={out}"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: lock.exists() and lock.read_text().startswith("pid"))
@@ -208,11 +208,23 @@ def test_two_runs_on_one_output_folder_share_the_work(tmp_path, compose_cfg):
     assert len(complete(out, "trajectories")) == 1 and not list(out.glob("artifacts/trajectories/*.partial"))
 
 
+def test_listings_skip_manifests_of_the_older_format_and_name_damaged_ones(tmp_path):
+    store = artifacts.ArtifactStore(tmp_path)
+    current = store.materialize(artifacts.ArtifactSpec("demo", "code", {"x": 1}), lambda work: {"answer": 42})
+    older = tmp_path / "artifacts" / "demo" / "oldkey"
+    older.mkdir()
+    (older / "manifest.json").write_text(json.dumps({"stage": "demo", "key": "oldkey", "version": 1}))
+    assert [a.key for a in store.all("demo")] == [current.key]
+    (older / "manifest.json").write_text("{")
+    with pytest.raises(artifacts.InputError, match="damaged manifest"):
+        store.all("demo")
+
+
 @pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, compose_cfg):
     out = tmp_path / "out"
     key = trajectories.spec(StageContext(compose_cfg(MICRO[:1]))).key
-    lock = out / "artifacts" / "trajectories" / f"{key}.partial" / "shard-00000-of-00001.lock"
+    lock = out / "artifacts" / "trajectories" / f"{key}.shard-00000-of-00001.lock"
     lock.parent.mkdir(parents=True)
     lock.write_text("pid 999999 on a-host since 2026-01-01T00:00:00")
     result = run_cli(*MICRO, "stage=trajectories", f"output_dir={out}")
