@@ -35,12 +35,16 @@ def full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+COMPOSING = (UserError, HydraException, OmegaConfBaseException, OSError)  # what composing a config may raise
+RUNNING = (UserError, OSError)  # inside a stage, Hydra's and OmegaConf's errors are bugs and keep their stack
+
+
 @contextlib.contextmanager
-def errors_reported() -> Iterator[None]:
+def errors_reported(kinds: tuple[type[BaseException], ...]) -> Iterator[None]:
     """A user's error becomes one line on stderr and exit status 2; anything else keeps its traceback."""
     try:
         yield
-    except (UserError, HydraException, OmegaConfBaseException, OSError) as error:
+    except kinds as error:
         line = one_line(error)
         if line is None or full_errors():
             raise
@@ -121,7 +125,7 @@ def preflight(overrides: list[str], multirun: bool, config_name: str | None) -> 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> object:
-    with errors_reported():
+    with errors_reported(RUNNING):
         validate(cfg, multirun=is_multirun())
         from pipeline.stages import run_stage
 
@@ -137,6 +141,6 @@ def main() -> None:
     informational = (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
                      or args.config_path or args.config_dir or args.experimental_rerun)
     if not informational:
-        with errors_reported():
+        with errors_reported(COMPOSING):
             preflight(args.overrides, args.multirun, args.config_name)
     app()
