@@ -24,7 +24,24 @@ class Score:
 
 
 class Task(ABC):
+    """A prompt set with reference answers and a scorer.
+
+    Constructors are cheap (no data loading) and modules import neither torch nor datasets at import time, so a
+    config can be validated in a second; data is loaded lazily by :meth:`examples` and :meth:`split_size`.
+    """
+
     name: str
+    stop_strings: tuple[str, ...] = ()  # generated text is cut at the first of these before scoring
+
+    def check(self) -> None:
+        """Cheap check that the task's data can be found; raises ConfigError or InputError naming the fix."""
+        return None
+
+    def cut(self, generated: str) -> str:
+        """The generated text up to the first stop string."""
+        for stop in self.stop_strings:
+            generated = generated.split(stop, 1)[0]
+        return generated
 
     @abstractmethod
     def examples(self, split: str, n: int) -> list[Example]:
@@ -46,6 +63,7 @@ class Task(ABC):
         """The final answer written in a generated text, or None when there is none."""
 
     def score(self, example: Example, generated: str) -> Score:
+        generated = self.cut(generated)
         return Score(
             exact_match=self.extract_final(generated) == example.final,
             full_match=generated.strip() == example.answer,
