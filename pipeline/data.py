@@ -8,21 +8,30 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset
 
+from pipeline.errors import ConfigError
 from pipeline.tasks.base import Example
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Prompt token ids: the beginning-of-text token when the tokenizer has one, then the text."""
+def encode_prompt(tokenizer, prompt: str, chat_template: bool = False) -> list[int]:
+    """Prompt token ids. Through the chat template, the whole (few-shot) prompt is one user turn followed by the
+    assistant's header, as the reference evaluations of instruction-tuned dLLMs do; otherwise the
+    beginning-of-text token when the tokenizer has one, then the text."""
+    if chat_template:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("task.chat_template", True, "the model's tokenizer has no chat template; allowed: false")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + list(ids)
 
 
-def decode_answer(tokenizer, window: Sequence[int]) -> str:
-    """Generated text up to the first end-of-text token."""
+def decode_answer(tokenizer, window: Sequence[int], end_ids: Sequence[int] = ()) -> str:
+    """Generated text up to the first token that ends it (end-of-text, or end-of-turn for chat models)."""
+    ends = set(end_ids) or {tokenizer.eos_token_id}
     ids = list(window)
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(ids, skip_special_tokens=True)
+    first = next((i for i, tok in enumerate(ids) if tok in ends), len(ids))
+    return tokenizer.decode(ids[:first], skip_special_tokens=True)
 
 
 def training_batch(tokenizer, examples: Sequence[Example], window: int) -> dict[str, torch.Tensor]:

@@ -22,9 +22,11 @@ from pipeline.tasks.base import Example, Task
 def run_decode(loaded: LoadedModel, prompts: list[list[int]], policy: Policy, settings: DecodeSettings,
                references: torch.Tensor | None = None, observer=None, progress: bool = False,
                description: str = "decode") -> DecodeOutput:
+    if not loaded.honours_attention_mask:
+        settings = settings.replace(batch_size=1)  # left padding would change this model's outputs
     return decode(loaded.model, prompts, policy, settings, loaded.mask_id, loaded.eos_id, references=references,
                   observer=observer, device=loaded.device, max_context=loaded.max_context, progress=progress,
-                  description=description)
+                  description=description, end_ids=loaded.end_ids)
 
 
 def reference_outputs(loaded: LoadedModel, prompts: list[list[int]], settings: DecodeSettings,
@@ -38,7 +40,7 @@ def evaluate_setting(loaded: LoadedModel, task: Task, examples: list[Example], s
                      progress: bool = False, references: torch.Tensor | None = None) -> dict:
     """Decode ``examples`` under one setting; returns metrics, per-sample rows and the generated windows."""
     policy = build_policy(settings, loaded.device)
-    prompts = [encode_prompt(loaded.tokenizer, ex.prompt) for ex in examples]
+    prompts = [encode_prompt(loaded.tokenizer, ex.prompt, task.chat_template) for ex in examples]
     if policy.needs_references and references is None:
         references = reference_outputs(loaded, prompts, settings, progress).tokens
     out = run_decode(loaded, prompts, policy, settings, references, progress=progress, description=policy.name)
@@ -48,12 +50,12 @@ def evaluate_setting(loaded: LoadedModel, task: Task, examples: list[Example], s
 def summarize(loaded: LoadedModel, task: Task, examples: list[Example], out: DecodeOutput) -> dict:
     rows = []
     for i, (ex, window) in enumerate(zip(examples, out.tokens.tolist())):
-        text = decode_answer(loaded.tokenizer, window)
+        text = decode_answer(loaded.tokenizer, window, loaded.end_ids)
         score = task.score(ex, text)
         rows.append({
             "index": i, "prompt": ex.prompt, "reference": ex.answer, "generated": text,
             "exact_match": score.exact_match, "full_match": score.full_match, "nfe": int(out.nfe[i]),
-            "tokens": sum(tok != loaded.eos_id for tok in window), "seconds": out.sample_seconds[i],
+            "tokens": sum(tok not in loaded.end_ids for tok in window), "seconds": out.sample_seconds[i],
         })
     nfe = sorted(r["nfe"] for r in rows)
     tokens = sum(r["tokens"] for r in rows)

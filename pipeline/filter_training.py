@@ -48,6 +48,10 @@ class TrajectoryDataModule(L.LightningDataModule):
         buckets = np.array([zlib.crc32(f"{self.seed}:{s}".encode()) % 10 for s in data["sample"]])
         for name, allowed in SPLIT_BUCKETS.items():
             index = torch.from_numpy(np.isin(buckets, list(allowed)))
+            if not index.any():
+                raise ConfigError("trajectories.num_prompts", len(set(data["sample"])),
+                                  f"too few prompts: the 80/10/10 split by prompt left {name} empty; allowed: more "
+                                  "prompts (a few dozen at least)")
             self.splits[name] = TensorDataset(features[index], labels[index], masked[index])
 
     def sizes(self) -> dict[str, int]:

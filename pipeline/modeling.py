@@ -1,25 +1,34 @@
-"""Loading a dLLM and its tokenizer through ``from_pretrained``, the embedded model and hub models alike."""
+"""Loading a dLLM and its tokenizer through ``from_pretrained``, the embedded model and hub models alike.
+
+The model family (``model.family``) decides how the model is called and read (:mod:`models.families`); a model
+that ignores the attention mask is found once at load and then decoded one prompt at a time.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from pipeline.config import model_dtype
 from pipeline.errors import ConfigError, InputError
+from pipeline.model_files import locate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: torch.nn.Module  # what the decoding loop calls (the family's adapter around a hub model)
     tokenizer: object
     mask_id: int
-    eos_id: int
+    eos_id: int  # end-of-text, also written as padding after an EoTP cut
     max_context: int | None
     device: torch.device
+    end_ids: tuple[int, ...] = ()  # every token that ends the text: end-of-text and end-of-turn
+    honours_attention_mask: bool = True  # False: batched left padding would change outputs; decode one at a time
 
 
 def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
@@ -27,24 +36,34 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
     from transformers import AutoModel, AutoTokenizer
 
     import models  # noqa: F401  (registers the embedded model with AutoModel)
+    from models.families import adapt, honours_attention_mask
 
-    path = Path(cfg.path)
+    path = locate(cfg.path, cfg.allow_download)
     dtype = model_dtype(cfg.dtype, device)
     trust = bool(cfg.trust_remote_code)
+    local_only = not cfg.allow_download
     fix = ("re-download the weights, or for the embedded model rebuild them with `python -m pipeline stage=pretrain` "
            "(or `git checkout models/checkpoints`)")
-    if not (path / "config.json").is_file():
-        raise InputError(path, "no model here (expected config.json and weights)", fix)
     try:
-        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:  # damaged or incomplete files
+        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, local_files_only=local_only)
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError, SafetensorError) as error:  # damaged files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(path, f"the model could not be loaded ({type(error).__name__}: {first})", fix) from error
+    model = adapt(model.to(device).eval(), cfg.family)
     mask_id = cfg.mask_token_id or getattr(model.config, "mask_token_id", None) or tokenizer.mask_token_id
     eos_id = cfg.eos_token_id or tokenizer.eos_token_id
     if mask_id is None or eos_id is None:
         raise ConfigError("model.mask_token_id", mask_id, f"the model at {path} names no mask or end-of-text token; "
                           "set model.mask_token_id and model.eos_token_id")
-    max_context = getattr(model.config, "max_position_embeddings", None)
-    return LoadedModel(model, tokenizer, int(mask_id), int(eos_id), max_context, device)
+    end_ids = tuple(dict.fromkeys([int(eos_id), *(int(i) for i in cfg.end_of_turn_ids)]))
+    config = model.config  # LLaDA names its context max_sequence_length
+    max_context = getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
+    honours = True
+    if cfg.family != "embedded":
+        probe = tokenizer("Is the attention mask honoured?", add_special_tokens=False)["input_ids"]
+        honours = honours_attention_mask(model, probe, int(eos_id), int(mask_id))
+        if not honours:
+            log.warning("the model at %s ignores the attention mask (batched left-padded prompts would change its "
+                        "outputs): decoding one prompt at a time", path)
+    return LoadedModel(model, tokenizer, int(mask_id), int(eos_id), max_context, device, end_ids, honours)

@@ -20,21 +20,14 @@ from pipeline.decoding.settings import DecodeSettings
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    kind: str = "embedded"  # embedded (this project's model) | hub (a local copy of a hub dLLM)
-    path: str = MISSING
+    family: str = "embedded"  # embedded | llada | dream: how the model is called and read (models/families.py)
+    path: str = MISSING  # a local directory, or a hub id found in the local hub cache
+    allow_download: bool = False
     dtype: str = "auto"
     trust_remote_code: bool = False
     mask_token_id: int | None = None
     eos_token_id: int | None = None
-
-
-@dataclass
-class TaskConfig:
-    name: str = MISSING
-    min_steps: int = 1
-    max_steps: int = 4
-    max_operand: int = 99
-    seed: int = 0
+    end_of_turn_ids: list[int] = field(default_factory=list)  # also end the text (EoTP, answer cutting)
 
 
 @dataclass
@@ -154,7 +147,7 @@ class EvalConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: Any = MISSING  # each task's schema comes from its constructor (pipeline/tasks/registry.py)
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     filter: FilterConfig = field(default_factory=FilterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

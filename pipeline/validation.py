@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.decoding.settings import DecodeSettings, check_probability
 from pipeline.errors import ConfigError
+from pipeline.model_files import locate
 from pipeline.plan import STAGES, decode_settings, stages_to_run, sweep_settings
 from pipeline.tasks.base import SPLITS
 from pipeline.tasks.registry import build_task
@@ -23,7 +24,7 @@ from pipeline.tasks.registry import build_task
 FEATURES = ("confidence", "entropy", "margin", "position", "step", "committed")  # pipeline/decoding/features.py
 DEVICE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-MODEL_KINDS = ("embedded", "hub")
+FAMILIES = ("embedded", "llada", "dream")  # models/families.py
 LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
 TRAJECTORY_POLICIES = ("egp", "vanilla")
@@ -79,20 +80,23 @@ def check_writable(path: Path, setting: str) -> None:
 
 def check_model(cfg: DictConfig) -> None:
     m = cfg.model
-    one_of(m.kind, "model.kind", MODEL_KINDS)
+    one_of(m.family, "model.family", FAMILIES)
     one_of(m.dtype, "model.dtype", DTYPES)
-    if not (Path(m.path) / "config.json").is_file():
-        raise ConfigError("model.path", m.path,
-                          "no model there (expected config.json and weights); for the embedded model run "
-                          "`python -m pipeline stage=pretrain`, for a hub model download it and point model.path "
-                          "at the local copy")
+    if m.family != "embedded" and not m.trust_remote_code:
+        raise ConfigError("model.trust_remote_code", False, f"a {m.family} model runs its own modeling code; "
+                                                            "allowed: true")
+    locate(m.path, m.allow_download)
 
 
 def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str) -> None:
     split, count = OmegaConf.select(cfg, split_setting), OmegaConf.select(cfg, count_setting)
     one_of(split, split_setting, SPLITS)
-    available = build_task(cfg.task).split_size(split)
-    if not 1 <= count <= available:
+    task = build_task(cfg.task)
+    task.check()
+    if count < 1:
+        raise ConfigError(count_setting, count, "allowed: an integer >= 1")
+    available = task.split_size(split) if task.sizes_are_cheap else count  # else checked when the data loads
+    if count > available:
         raise ConfigError(count_setting, count,
                           f"allowed: 1 to {available} (the distinct prompts of the {split} split)")
 

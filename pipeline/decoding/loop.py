@@ -55,8 +55,12 @@ def generate_batch(
     observer: Observer | None = None,
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
+    end_ids: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode one batch; returns (window tokens [n, gen_length], NFE [n]) on the CPU."""
+    """Decode one batch; returns (window tokens [n, gen_length], NFE [n]) on the CPU.
+
+    ``end_ids`` are the tokens that end the text besides ``eos_id`` (end-of-turn); EoTP cuts after any of them.
+    """
     n, prompt_len = len(prompts), max(len(p) for p in prompts)
     gen, width = settings.gen_length, settings.block_length
     total = prompt_len + gen
@@ -72,6 +76,7 @@ def generate_batch(
     nfe = torch.zeros(n, dtype=torch.long)
     policy.prepare(n, references)
     steps = settings.steps_per_block
+    ends = torch.tensor(sorted({eos_id, *end_ids}), device=device)
 
     for block in range(settings.num_blocks):
         start = prompt_len + block * width
@@ -113,15 +118,16 @@ def generate_batch(
             if observer is not None:
                 observer(view, commit)
             if settings.eotp:
-                _cut_after_end_of_text(x, rows, prompt_len, seq_end, mask_id, eos_id)
+                _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id)
             step += 1
     return x[:, prompt_len:].cpu(), nfe
 
 
-def _cut_after_end_of_text(x, rows, prompt_len, seq_end, mask_id, eos_id) -> None:
-    """EoTP: after a committed end-of-text, fill the rest of the window with end-of-text and cut the sequence."""
+def _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id) -> None:
+    """EoTP: after a committed end-of-text (any of ``ends``), fill the rest of the window with end-of-text and cut
+    the sequence."""
     window = x[rows, prompt_len:]
-    is_eos = window == eos_id
+    is_eos = torch.isin(window, ends)
     has_eos = is_eos.any(-1)
     if not has_eos.any():
         return
@@ -146,6 +152,7 @@ def decode(
     max_context: int | None = None,
     progress: bool = False,
     description: str = "decode",
+    end_ids: Sequence[int] = (),
 ) -> DecodeOutput:
     """Decode all prompts in batches of ``settings.batch_size``; validates everything before the first step."""
     settings.validate()
@@ -169,7 +176,7 @@ def decode(
         tic = time.perf_counter()
         out, counts = generate_batch(
             model, chunk, policy, settings, mask_id, eos_id, chunk_refs, observer_offset(observer, first), device,
-            generator,
+            generator, end_ids,
         )
         if torch.cuda.is_available() and str(device).startswith("cuda"):
             torch.cuda.synchronize()

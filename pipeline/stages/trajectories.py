@@ -97,7 +97,7 @@ def compute_shard(ctx: StageContext, index: int, target: Path) -> None:
     decode_settings = settings(ctx.cfg)
     first, last = shard_range(index, t.num_shards, t.num_prompts)
     examples = ctx.task.examples(t.split, t.num_prompts)[first:last]
-    prompts = [encode_prompt(loaded.tokenizer, ex.prompt) for ex in examples]
+    prompts = [encode_prompt(loaded.tokenizer, ex.prompt, ctx.task.chat_template) for ex in examples]
     recorder = TrajectoryRecorder(tuple(t.features), decode_settings.steps_per_block)
     progress = bool(ctx.cfg.progress)
     if t.policy == "vanilla":

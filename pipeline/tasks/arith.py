@@ -31,6 +31,7 @@ BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 20))}
 
 class ChainedAddition(Task):
     name = "arith"
+    sizes_are_cheap = True
 
     def __init__(self, min_steps: int = 1, max_steps: int = 4, max_operand: int = 99, seed: int = 0) -> None:
         if not 1 <= min_steps <= 9:

@@ -32,6 +32,8 @@ class Task(ABC):
 
     name: str
     stop_strings: tuple[str, ...] = ()  # generated text is cut at the first of these before scoring
+    chat_template: bool = False  # prompts go through the model's chat template (set by ``task.chat_template``)
+    sizes_are_cheap: bool = False  # split_size needs no data loading, so validation checks prompt counts up front
 
     def check(self) -> None:
         """Cheap check that the task's data can be found; raises ConfigError or InputError naming the fix."""
