@@ -115,6 +115,7 @@ class GridEntry:
     temperature: Any = None
     remasking: Any = None
     eotp: Any = None
+    eotp_rule: Any = None
     batch_size: Any = None
     seed: Any = None
     cache: Any = None

@@ -142,6 +142,40 @@ def test_eotp_keeps_the_text_before_the_first_end_of_text_under_the_oracle(shipp
     assert cut.nfe.sum() < vanilla.nfe.sum()
 
 
+def test_learn2pd_eotp_cuts_earlier_and_the_oracle_stays_exact_under_it(shipped_model):
+    model, tokenizer = shipped_model
+    prompts = prompts_for(tokenizer, 16)
+    settings = DecodeSettings(gen_length=128, block_length=32, batch_size=16, eotp=True)
+    learn2pd = settings.replace(eotp_rule="learn2pd")
+    vanilla = decode(model, prompts, Vanilla(), settings.replace(eotp=False), MASK, EOS)
+    oracle = decode(model, prompts, ExtremelyGreedy(), learn2pd, MASK, EOS, references=vanilla.tokens)
+    for ref, out in zip(vanilla.tokens.tolist(), oracle.tokens.tolist()):
+        end = ref.index(EOS) if EOS in ref else len(ref)
+        assert out[:end] == ref[:end] and all(tok == EOS for tok in out[end:])
+    committed = decode(model, prompts, Vanilla(), settings, MASK, EOS)
+    predicted = decode(model, prompts, Vanilla(), learn2pd, MASK, EOS)
+    assert predicted.nfe.sum() < committed.nfe.sum(), "cutting at a predicted end of text saves passes"
+
+
+def test_learn2pd_eotp_cuts_after_the_most_confident_predicted_end_of_text(tokenizer):
+    """A model sure of end-of-text at window position 5, less sure at 9: the cut is right after position 5."""
+    prompts = prompts_for(tokenizer, 1)
+
+    class EndsAtFive(torch.nn.Module):
+        def forward(self, input_ids, **_):
+            logits = torch.zeros(*input_ids.shape, 8)
+            logits[..., 3] = 1.0
+            for offset, value in ((5, 9.0), (9, 4.0)):
+                if len(prompts[0]) + offset < input_ids.shape[1]:  # the sequence shrinks once it is cut
+                    logits[:, len(prompts[0]) + offset, EOS] = value
+            return type("Out", (), {"logits": logits})()
+
+    settings = DecodeSettings(gen_length=32, block_length=8, eotp=True, eotp_rule="learn2pd")
+    out = decode(EndsAtFive(), prompts, Threshold(0.99), settings, MASK, EOS)
+    window = out.tokens[0].tolist()
+    assert window[6:] == [EOS] * 26 and EOS not in window[:5]
+
+
 def test_eotp_under_a_micro_model_fills_the_rest_with_end_of_text(micro_model, tokenizer):
     """A model that always predicts end-of-text first: EoTP stops after one forward pass."""
 

@@ -92,6 +92,7 @@ def generate_batch(
                 out = model(x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end],
                             **({"return_cache": True} if settings.cache != "none" else {}))
                 logits = out.logits[:, start : start + width].float()
+                ahead, ahead_from = out.logits, 0  # every position's prediction, for EoTP's predicted rule
                 cache, cache_rows = out.get("cache") if settings.cache != "none" else None, rows
             else:  # Fast-dLLM caches: refreshed at the block's first step, reused (stale) for the others
                 past = cache.select(torch.searchsorted(cache_rows, rows))
@@ -100,6 +101,7 @@ def generate_batch(
                 out = model(x[rows, start:stop], attention_mask=keys, position_ids=positions[rows, start:stop],
                             past=past, past_offset=start)
                 logits = out.logits[:, :width].float()
+                ahead, ahead_from = out.logits, start
             logits[..., mask_id] = float("-inf")  # committing the mask token itself would stall the block
             nfe[rows.cpu()] += 1
             block_tokens = x[rows, start : start + width]
@@ -117,10 +119,42 @@ def generate_batch(
             x[rows, start : start + width] = torch.where(commit, tokens, block_tokens)
             if observer is not None:
                 observer(view, commit)
+            if settings.eotp and settings.eotp_rule == "learn2pd":
+                refs = None if references is None else references[rows]
+                _cut_after_predicted_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, ends, eos_id,
+                                         mask_id, refs)
             if settings.eotp:
                 _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id)
             step += 1
     return x[:, prompt_len:].cpu(), nfe
+
+
+def _cut_after_predicted_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, ends, eos_id, mask_id,
+                             references) -> None:
+    """Learn2PD's EoTP rule: among still-masked positions from the current block on whose prediction ends the text,
+    cut the sequence after the most confident one (it stays masked; every later position becomes end-of-text).
+
+    With reference outputs (the oracle), only positions where the reference also ends the text qualify, so the
+    oracle still reproduces the reference text exactly.
+    """
+    first, stop = max(start, ahead_from), ahead_from + ahead.shape[1]
+    top = ahead[:, first - ahead_from :].max(dim=-1)
+    positions = torch.arange(first, stop, device=x.device)[None, :]
+    candidates = (x[rows, first:stop] == mask_id) & torch.isin(top.indices, ends) & (positions < seq_end[rows, None])
+    if references is not None:
+        candidates &= torch.isin(references[:, first - prompt_len : stop - prompt_len], ends)
+    if not candidates.any():
+        return
+    row, col = candidates.nonzero(as_tuple=True)
+    confidence = torch.full(candidates.shape, -1.0, device=x.device)
+    chosen = ahead[row, first - ahead_from + col].float()
+    confidence[row, col] = (chosen.gather(-1, top.indices[row, col, None]).squeeze(-1) - chosen.logsumexp(-1)).exp()
+    best = first + confidence.argmax(-1)
+    has = candidates.any(-1)
+    later = torch.arange(x.shape[1], device=x.device)[None, :] > best[:, None]
+    fill = later & has[:, None] & (torch.arange(x.shape[1], device=x.device)[None, :] >= prompt_len)
+    x[rows] = torch.where(fill, torch.full_like(x[rows], eos_id), x[rows])
+    seq_end[rows] = torch.where(has, torch.minimum(seq_end[rows], best + 1), seq_end[rows])
 
 
 def _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id) -> None:

@@ -25,6 +25,7 @@ NEEDS_REFERENCES = ("egp",)  # the oracle reads the vanilla output of the same w
 REMASKING = ("low_confidence", "random")
 CACHES = ("none", "prefix", "dual")
 FACTOR_RULES = ("paper", "reference")
+EOTP_RULES = ("committed", "learn2pd")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class DecodeSettings:
     temperature: float = 0.0
     remasking: str = "low_confidence"
     eotp: bool = False
+    eotp_rule: str = "committed"  # committed: cut after a committed end-of-text | learn2pd: also after a prediction
     batch_size: int = 32
     seed: int = 0
     cache: str = "none"  # none | prefix | dual (Fast-dLLM's approximate KV caches; change outputs slightly)
@@ -67,7 +69,8 @@ class DecodeSettings:
         """Only what the chosen policy reads, so one setting has one identity however it was written."""
         loop = ("policy", "gen_length", "block_length", "steps", "temperature", "remasking", "eotp", "batch_size",
                 "seed", "cache")
-        return {k: getattr(self, k) for k in (*loop, *POLICY_PARAMETERS.get(self.policy, ()))}
+        rule = ("eotp_rule",) if self.eotp and self.eotp_rule != "committed" else ()  # old keys stay valid
+        return {k: getattr(self, k) for k in (*loop, *rule, *POLICY_PARAMETERS.get(self.policy, ()))}
 
     def validate(self, prefix: str = "decode") -> DecodeSettings:
         """Raise on any bad value, naming it and what is allowed; called before any decoding."""
@@ -87,6 +90,8 @@ class DecodeSettings:
             raise ConfigError(f"{prefix}.temperature", self.temperature, "allowed: a number >= 0")
         if self.cache not in CACHES:
             raise ConfigError(f"{prefix}.cache", self.cache, f"allowed: {', '.join(CACHES)}")
+        if self.eotp_rule not in EOTP_RULES:
+            raise ConfigError(f"{prefix}.eotp_rule", self.eotp_rule, f"allowed: {', '.join(EOTP_RULES)}")
         if self.remasking not in REMASKING:
             raise ConfigError(f"{prefix}.remasking", self.remasking, f"allowed: {', '.join(REMASKING)}")
         if "threshold" in POLICY_PARAMETERS[self.policy]:

@@ -107,7 +107,7 @@ def describe(setting: DecodeSettings | dict[str, Any]) -> str:
     if s["policy"] == "factor":
         parts.append(f"f={s['factor']}" + (" ref" if s.get("factor_rule") == "reference" else ""))
     if s.get("eotp"):
-        parts.append("eotp")
+        parts.append("eotp" if s.get("eotp_rule", "committed") == "committed" else f"eotp-{s['eotp_rule']}")
     if s.get("cache", "none") != "none":
         parts.append(f"{s['cache']}-cache")
     return " ".join(parts) + f" L={s['gen_length']}"
