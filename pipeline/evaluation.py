@@ -48,10 +48,10 @@ def evaluate_setting(loaded: LoadedModel, task: Task, examples: list[Example], s
 
 
 def summarize(loaded: LoadedModel, task: Task, examples: list[Example], out: DecodeOutput) -> dict:
+    windows = out.tokens.tolist()
+    texts = [decode_answer(loaded.tokenizer, window, loaded.end_ids) for window in windows]
     rows = []
-    for i, (ex, window) in enumerate(zip(examples, out.tokens.tolist())):
-        text = decode_answer(loaded.tokenizer, window, loaded.end_ids)
-        score = task.score(ex, text)
+    for i, (ex, window, text, score) in enumerate(zip(examples, windows, texts, task.score_many(examples, texts))):
         rows.append({
             "index": i, "prompt": ex.prompt, "reference": ex.answer, "generated": text,
             "exact_match": score.exact_match, "full_match": score.full_match, "nfe": int(out.nfe[i]),

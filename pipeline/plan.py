@@ -12,9 +12,9 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import ConfigError
 
-STAGES = ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "pretrain")
+STAGES = ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "score_references", "pretrain")
 UPSTREAM = {"trajectories": (), "train_filter": ("trajectories",), "sweep": ("train_filter",),
-            "aggregate": ("sweep",), "evaluate": (), "pretrain": ()}
+            "aggregate": ("sweep",), "evaluate": (), "score_references": (), "pretrain": ()}
 
 
 def is_multirun() -> bool:
@@ -74,7 +74,7 @@ def stages_to_run(cfg: DictConfig, multirun: bool) -> list[str]:
     if cfg.stage == "all":
         return ["trajectories", "train_filter", "sweep", "aggregate"]
     wanted, order = {cfg.stage}, []
-    for stage in ("aggregate", "sweep", "train_filter", "trajectories", "evaluate", "pretrain"):
+    for stage in ("aggregate", "sweep", "train_filter", "trajectories", "evaluate", "score_references", "pretrain"):
         if stage not in wanted:
             continue
         order.insert(0, stage)

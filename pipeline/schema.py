@@ -146,6 +146,12 @@ class EvalConfig:
 
 
 @dataclass
+class ReferencesConfig:
+    split: str = MISSING
+    num_prompts: int | None = None
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: Any = MISSING  # each task's schema comes from its constructor (pipeline/tasks/registry.py)
@@ -167,6 +173,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    references: ReferencesConfig = field(default_factory=ReferencesConfig)
 
 
 def register_schemas() -> None:

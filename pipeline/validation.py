@@ -188,6 +188,14 @@ def check_evaluate(cfg: DictConfig, multirun: bool) -> None:
     check_filter_path(settings.filter_path, "decode.filter_path")
 
 
+def check_score_references(cfg: DictConfig, multirun: bool) -> None:
+    if cfg.references.num_prompts is None:
+        one_of(cfg.references.split, "references.split", SPLITS)
+        build_task(cfg.task).check()
+    else:
+        check_task_split(cfg, "references.split", "references.num_prompts")
+
+
 def check_pretrain(cfg: DictConfig, multirun: bool) -> None:
     p = cfg.pretrain
     for name in ("batch_size", "max_steps", "val_every", "val_prompts", "checkpoint_every"):
@@ -209,4 +217,5 @@ def check_pretrain(cfg: DictConfig, multirun: bool) -> None:
 
 
 CHECKS = {"trajectories": check_trajectories, "train_filter": check_train_filter, "sweep": check_sweep,
-          "aggregate": check_aggregate, "evaluate": check_evaluate, "pretrain": check_pretrain}
+          "aggregate": check_aggregate, "evaluate": check_evaluate, "score_references": check_score_references,
+          "pretrain": check_pretrain}

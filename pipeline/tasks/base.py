@@ -72,6 +72,11 @@ class Task(ABC):
         )
 
 
+    def score_many(self, examples: list[Example], generated_texts: list[str]) -> list[Score]:
+        """Scores for many texts at once (code tasks run their programs in parallel)."""
+        return [self.score(example, text) for example, text in zip(examples, generated_texts)]
+
+
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ConfigError("split", split, f"allowed: {', '.join(SPLITS)}")
