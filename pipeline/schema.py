@@ -75,6 +75,7 @@ class PretrainConfig:
 
 @dataclass
 class TrajectoriesConfig:
+    task: Any = None  # None: the experiment's task; else a task config of its own (task@trajectories.task=NAME)
     policy: str = MISSING
     split: str = MISSING
     num_prompts: int = MISSING

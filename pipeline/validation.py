@@ -88,10 +88,10 @@ def check_model(cfg: DictConfig) -> None:
     locate(m.path, m.allow_download)
 
 
-def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str) -> None:
+def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str, task_setting: str = "task") -> None:
     split, count = OmegaConf.select(cfg, split_setting), OmegaConf.select(cfg, count_setting)
     one_of(split, split_setting, SPLITS)
-    task = build_task(cfg.task)
+    task = build_task(OmegaConf.select(cfg, task_setting), task_setting)
     task.check()
     if count < 1:
         raise ConfigError(count_setting, count, "allowed: an integer >= 1")
@@ -110,7 +110,7 @@ def check_features(features, setting: str) -> None:
 def check_trajectories(cfg: DictConfig, multirun: bool) -> None:
     t = cfg.trajectories
     one_of(t.policy, "trajectories.policy", TRAJECTORY_POLICIES)
-    check_task_split(cfg, "trajectories.split", "trajectories.num_prompts")
+    check_task_split(cfg, "trajectories.split", "trajectories.num_prompts", "trajectories.task" if t.task else "task")
     DecodeSettings(gen_length=t.gen_length, block_length=t.block_length, steps=t.steps,
                    batch_size=t.batch_size).validate("trajectories")
     check_features(list(t.features), "trajectories.features")

@@ -16,15 +16,24 @@ from pipeline.artifacts import ArtifactSpec, ArtifactStore
 from pipeline.plan import expand_grid
 from pipeline.stages import sweep
 from pipeline.validation import validate
+from tests.standins import write_dream_like, write_llada_like
 from tests.test_cli import run_cli
 from tests.wandb_reader import summary_and_history
 
 EXPERIMENTS = sorted(Path(p).stem for p in glob(str(Path(__file__).parents[1] / "conf" / "experiment" / "*.yaml")))
 
 
+@pytest.fixture(scope="module")
+def standin_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("standins")
+    return {"llada": write_llada_like(root / "llada"), "dream": write_dream_like(root / "dream")}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_validates(compose_cfg, experiment):
-    cfg = compose_cfg([f"+experiment={experiment}"])
+def test_every_experiment_composes_and_validates(compose_cfg, experiment, standin_models):
+    family = compose_cfg([f"+experiment={experiment}"]).model.family
+    local = [] if family == "embedded" else [f"model.path={standin_models[family]}"]  # weights are never here
+    cfg = compose_cfg([f"+experiment={experiment}", *local])
     assert cfg.experiment_name == experiment
     assert validate(cfg) == ["trajectories", "train_filter", "sweep", "aggregate"]
     assert expand_grid(cfg), "an experiment sweeps at least one setting"

@@ -26,7 +26,9 @@ DECODING_CODE = (
     "models/diffusion_lm.py", "pipeline/modeling.py", "pipeline/data.py", "pipeline/evaluation.py",
     "pipeline/decoding/loop.py", "pipeline/decoding/policies.py", "pipeline/decoding/features.py",
     "pipeline/decoding/schedule.py", "pipeline/decoding/settings.py", "pipeline/tasks/base.py",
-    "pipeline/tasks/arith.py", "pipeline/tasks/registry.py",
+    "pipeline/tasks/arith.py", "pipeline/tasks/registry.py", "pipeline/tasks/gsm8k.py",
+    "pipeline/tasks/minerva_math.py", "pipeline/tasks/code.py", "pipeline/tasks/jsonl.py", "pipeline/tasks/hub.py",
+    "pipeline/sandbox.py", "models/families.py",
 )
 HASHED_WEIGHTS_LIMIT = 256 * 2**20  # hash weight files up to this size; larger (hub) models are named by path
 

@@ -26,6 +26,8 @@ from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import InputError
 from pipeline.evaluation import reference_outputs, run_decode
 from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain
+from pipeline.tasks.base import Task
+from pipeline.tasks.registry import build_task
 from pipeline.trajectory_data import load_shards, shard_name
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,8 @@ def settings(cfg: DictConfig) -> DecodeSettings:
 def spec(ctx: StageContext) -> ArtifactSpec:
     t = ctx.cfg.trajectories
     settings_ = {
-        "model": model_identity(ctx.cfg.model), "task": plain(ctx.cfg.task), "policy": t.policy, "split": t.split,
+        "model": model_identity(ctx.cfg.model), "task": plain(ctx.cfg.task), "prompts": plain(t.task),
+        "policy": t.policy, "split": t.split,
         "num_prompts": t.num_prompts, "gen_length": t.gen_length, "block_length": t.block_length,
         "steps": t.steps, "features": list(t.features), "num_shards": t.num_shards,
     }
@@ -90,14 +93,23 @@ def shard_range(index: int, count: int, total: int) -> tuple[int, int]:
     return index * total // count, (index + 1) * total // count
 
 
+def prompt_source(ctx: StageContext) -> Task:
+    """The experiment's task, or the trajectories' own (``task@trajectories.task=NAME``: another benchmark's train
+    split, or a jsonl mix as the paper's FLAN mix). Labels compare with the model's own output, so the prompts'
+    reference answers are never read."""
+    own = ctx.cfg.trajectories.task
+    return ctx.task if own is None else build_task(own, "trajectories.task")
+
+
 def compute_shard(ctx: StageContext, index: int, target: Path) -> None:
     from datasets import Dataset
 
     t, loaded = ctx.cfg.trajectories, ctx.loaded
     decode_settings = settings(ctx.cfg)
     first, last = shard_range(index, t.num_shards, t.num_prompts)
-    examples = ctx.task.examples(t.split, t.num_prompts)[first:last]
-    prompts = [encode_prompt(loaded.tokenizer, ex.prompt, ctx.task.chat_template) for ex in examples]
+    source = prompt_source(ctx)
+    examples = source.examples(t.split, t.num_prompts)[first:last]
+    prompts = [encode_prompt(loaded.tokenizer, ex.prompt, source.chat_template) for ex in examples]
     recorder = TrajectoryRecorder(tuple(t.features), decode_settings.steps_per_block)
     progress = bool(ctx.cfg.progress)
     if t.policy == "vanilla":

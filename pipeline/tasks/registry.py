@@ -60,11 +60,11 @@ def schema(cls: type[Task]) -> type:
     return dataclasses.make_dataclass(f"{cls.__name__}Settings", fields)
 
 
-def task_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The ``task`` node checked against its task's schema: one line naming a bad setting."""
+def task_settings(cfg: DictConfig, where: str = "task") -> dict[str, Any]:
+    """A task node checked against its task's schema: one line naming a bad setting."""
     name = cfg.get("name")
     if name not in TASKS:
-        raise ConfigError("task.name", name, f"allowed: {', '.join(TASKS)}")
+        raise ConfigError(f"{where}.name", name, f"allowed: {', '.join(TASKS)}")
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema(TASKS[name])), cfg)
         return OmegaConf.to_container(typed, resolve=True, throw_on_missing=True)
@@ -73,12 +73,13 @@ def task_settings(cfg: DictConfig) -> dict[str, Any]:
         reason = str(getattr(error, "msg", None) or error).strip().splitlines()[0]
         if "not in" in reason:
             allowed = ", ".join(f.name for f in dataclasses.fields(schema(TASKS[name])))
-            raise ConfigError(f"task.{key}", cfg.get(str(key)), f"no such setting; allowed: {allowed}") from error
-        raise ConfigError(f"task.{key}", cfg.get(str(key)) if key else None, reason) from error
+            raise ConfigError(f"{where}.{key}", cfg.get(str(key)), f"no such setting; allowed: {allowed}") from error
+        raise ConfigError(f"{where}.{key}", cfg.get(str(key)) if key else None, reason) from error
 
 
-def build_task(cfg: DictConfig) -> Task:
-    settings = task_settings(cfg)
+def build_task(cfg: DictConfig, where: str = "task") -> Task:
+    """The task a ``task`` node (or ``trajectories.task``, named by ``where``) describes."""
+    settings = task_settings(cfg, where)
     name, chat_template = settings.pop("name"), settings.pop("chat_template")
     task = TASKS[name](**settings)
     task.chat_template = chat_template
