@@ -93,12 +93,13 @@ def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str, ta
     one_of(split, split_setting, SPLITS)
     task = build_task(OmegaConf.select(cfg, task_setting), task_setting)
     task.check()
-    if count < 1:
+    if task.sizes_are_cheap:
+        available = task.split_size(split)
+        if not 1 <= count <= available:
+            raise ConfigError(count_setting, count,
+                              f"allowed: 1 to {available} (the distinct prompts of the {split} split)")
+    elif count < 1:  # the upper bound is checked when the data loads
         raise ConfigError(count_setting, count, "allowed: an integer >= 1")
-    available = task.split_size(split) if task.sizes_are_cheap else count  # else checked when the data loads
-    if count > available:
-        raise ConfigError(count_setting, count,
-                          f"allowed: 1 to {available} (the distinct prompts of the {split} split)")
 
 
 def check_features(features, setting: str) -> None:

@@ -25,7 +25,7 @@ MICRO = "+experiment=micro"
 BAD_SETTINGS = [
     ([MICRO, "decode.eotp=maybe"], "decode.eotp=maybe: Value 'maybe' is not a valid bool"),
     ([MICRO, "decode=nonsense"], "decode=nonsense: no such option; allowed: egp, factor, filter, threshold, vanilla"),
-    (["+experiment=nope"], "experiment=nope: no such option; allowed: micro, tiny, tiny_full"),
+    (["+experiment=nope"], "experiment=nope: no such option; allowed: dream_gsm8k_256, llada_gsm8k_1024"),
     ([MICRO, "decode.colour=1"], "decode.colour: no such setting; allowed: policy, gen_length"),
     ([MICRO, "sweep.grid=[{policy: threshold, thresold: 0.5}]"], "sweep.grid: thresold: no such setting"),
     ([MICRO, "sweep.grid=[{policy: threshold, threshold: 2}]"], "sweep.grid[0].threshold=2.0: allowed: a number in"),
@@ -55,6 +55,11 @@ BAD_SETTINGS = [
     ([MICRO, "stage=sweep", "decode.policy=greedy"], "decode.policy=greedy: allowed: egp, factor, filter"),
     ([MICRO, "trajectories.policy=threshold"], "trajectories.policy=threshold: allowed: egp, vanilla"),
     ([MICRO, "trajectories.num_shards=0"], "trajectories.num_shards=0: allowed: 1 to trajectories.num_prompts"),
+    ([MICRO, "+task@trajectories.task=gsm8k", "trajectories.task.num_shots=x"],
+     "trajectories.task.num_shots=x: Value 'x' of type 'str' could not be converted to Integer"),
+    ([MICRO, "decode.eotp_rule=sometimes"], "decode.eotp_rule=sometimes: allowed: committed, learn2pd"),
+    ([MICRO, "model=llada_8b_instruct"], "model.path=GSAI-ML/LLaDA-8B-Instruct: not a local directory and not in"),
+    ([MICRO, "model.family=gpt"], "model.family=gpt: allowed: embedded, llada, dream"),
     ([MICRO, "trajectories.shard=1"], "trajectories.shard=1: only with stage=trajectories"),
     ([MICRO, "filter.features=[confidence,colour]"], "filter.features=['confidence', 'colour']: allowed"),
     ([MICRO, "filter=mlp2_rich", "trajectories.features=[confidence]"], "filter.features=['confidence', 'entropy'"),
@@ -107,7 +112,9 @@ def test_help_lists_stages_experiments_and_policies():
     result = run_cli("--help")
     assert result.returncode == 0
     for word in ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "pretrain",
-                 "experiment: micro, tiny, tiny_full", "decode: egp, factor, filter, threshold, vanilla"):
+                 "score_references", "experiment: dream_gsm8k_256, llada_gsm8k_1024, llada_gsm8k_256",
+                 "decode: egp, factor, filter, threshold, vanilla", "model: dream_7b_instruct, llada_1_5_8b",
+                 "task: arith, gsm8k, humaneval, jsonl, math, mbpp"):
         assert word in result.stdout
 
 
