@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import BinaryAUROC, BinaryStatScores
 
 from models.filter import BlockFilter, FilterConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
+from pipeline.trajectory_data import check_finite
 
 SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
 
@@ -42,7 +43,9 @@ class TrajectoryDataModule(L.LightningDataModule):
 
         data = load_shards(self.shards).with_format("numpy")
         columns = [self.recorded.index(f) for f in self.features]
-        features = torch.from_numpy(np.stack(data["features"])[..., columns].astype(np.float32))
+        selected = np.stack(data["features"])[..., columns].astype(np.float32)
+        check_finite(selected, self.features, self.shards)
+        features = torch.from_numpy(selected)
         labels = torch.from_numpy(np.stack(data["label"]).astype(np.float32))
         masked = torch.from_numpy(np.stack(data["masked"]).astype(bool))
         buckets = np.array([zlib.crc32(f"{self.seed}:{s}".encode()) % 10 for s in data["sample"]])
@@ -115,6 +118,9 @@ class FilterModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
+        if not torch.isfinite(loss):
+            raise InputError("train_filter", f"the loss is {loss.item()} at epoch {self.current_epoch}",
+                             "lower train_filter.lr or check the trajectories' features")
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False)
         return loss
 

@@ -25,3 +25,13 @@ def load_shards(shards: Path):
     if not parts:
         raise InputError(shards, "no trajectory shards", f"delete {shards.parent} and rerun to recompute it")
     return concatenate_datasets(parts)
+
+
+def check_finite(features, names: list[str], where: Path) -> None:
+    """Never learn from garbage: name the features holding NaN or infinity. ``features``: [rows, B, F]."""
+    import numpy as np
+
+    bad = [name for i, name in enumerate(names) if not np.isfinite(features[..., i]).all()]
+    if bad:
+        raise InputError(where, f"non-finite values (NaN or infinity) in the features {bad}",
+                         "a feature is broken: fix it, then delete this artifact and rerun")

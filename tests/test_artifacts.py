@@ -252,3 +252,22 @@ def test_a_killed_filter_training_resumes_from_its_checkpoint_to_the_same_filter
     (a,), (b,) = complete(killed, "train_filter"), complete(clean, "train_filter")
     assert a.name == b.name
     assert (a / "filter" / "filter.safetensors").read_bytes() == (b / "filter" / "filter.safetensors").read_bytes()
+
+
+def test_non_finite_features_are_refused_by_name(tmp_path):
+    import numpy as np
+
+    from pipeline.trajectory_data import check_finite
+
+    features = np.zeros((3, 4, 2), dtype=np.float32)
+    features[1, 2, 1] = np.nan
+    with pytest.raises(artifacts.InputError, match=r"non-finite values \(NaN or infinity\) in the features \['entropy"):
+        check_finite(features, ["confidence", "entropy"], tmp_path)
+    check_finite(features[..., :1], ["confidence"], tmp_path)
+
+
+def test_a_non_finite_training_loss_stops_filter_training_in_one_line(micro_trajectories, tmp_path):
+    out = copy_of(micro_trajectories, tmp_path)
+    line = one_line_error(run_cli(*MICRO, "stage=train_filter", "train_filter.lr=1e30", f"output_dir={out}"))
+    assert line.startswith("error: train_filter: the loss is nan at epoch") and "lower train_filter.lr" in line
+    assert not complete(out, "train_filter")

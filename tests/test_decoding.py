@@ -9,7 +9,7 @@ import torch
 
 from models import DiffusionLM, DiffusionLMConfig
 from pipeline.data import encode_prompt
-from pipeline.decoding.features import FEATURES
+from pipeline.decoding.features import FEATURES, block_features
 from pipeline.decoding.loop import decode
 from pipeline.decoding.policies import (
     POLICIES,
@@ -294,3 +294,16 @@ def test_a_cache_on_a_model_without_support_is_refused(tokenizer):
 
     with pytest.raises(ValueError, match="decode.cache=dual: needs a model with block-cache support"):
         decode(Plain(), prompts_for(tokenizer, 1), Vanilla(), DecodeSettings(cache="dual"), MASK, EOS)
+
+
+def test_entropy_is_finite_where_the_mask_token_is_impossible():
+    """The loop sets the mask token's logit to -inf; entropy once gave 0 * -inf = NaN there."""
+    logits = torch.tensor([[[2.0, 1.0, float("-inf"), 0.5]]])
+    probs = torch.softmax(logits, -1)
+    one = torch.ones(1, dtype=torch.long)
+    view = StepView(logits, probs.argmax(-1), probs.max(-1).values, probs.max(-1).values,
+                    torch.ones(1, 1, dtype=torch.bool), one, one - 1, 0, 0, 0)
+    features = block_features(view, tuple(FEATURES), 4)
+    assert torch.isfinite(features).all()
+    finite = probs[probs > 0]
+    assert torch.allclose(features[0, 0, 1], -(finite * finite.log()).sum())

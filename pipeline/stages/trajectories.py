@@ -23,12 +23,11 @@ from pipeline.data import encode_prompt
 from pipeline.decoding.features import block_features
 from pipeline.decoding.policies import ExtremelyGreedy, StepView, Vanilla
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.errors import InputError
 from pipeline.evaluation import reference_outputs, run_decode
 from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain
 from pipeline.tasks.base import Task
 from pipeline.tasks.registry import build_task
-from pipeline.trajectory_data import load_shards, shard_name
+from pipeline.trajectory_data import check_finite, load_shards, shard_name
 
 log = logging.getLogger(__name__)
 CODE = (*DECODING_CODE, "pipeline/stages/trajectories.py", "pipeline/trajectory_data.py")
@@ -168,17 +167,14 @@ def ensure(ctx: StageContext, upstream: bool = False) -> Artifact | None:
             log.info("trajectories %s: %d of %d shards written; run the others to finish", s.key, len(done),
                      t.num_shards)
             return None
-        return ctx.store.finalize(s, shard_statistics(work / "shards"))
+        return ctx.store.finalize(s, shard_statistics(work / "shards", list(t.features)))
 
 
-def shard_statistics(shards: Path) -> dict:
+def shard_statistics(shards: Path, names: list[str]) -> dict:
     data = load_shards(shards)
     labels = np.asarray(data["label"], dtype=np.int8)
     masked = np.asarray(data["masked"], dtype=np.int8).astype(bool)
-    features = np.asarray(data["features"], dtype=np.float32)
-    if not np.isfinite(features).all():
-        raise InputError(shards, "non-finite trajectory features (NaN or infinity)", "a feature is broken; fix it "
-                         "before training a filter on these trajectories")
+    check_finite(np.asarray(data["features"], dtype=np.float32), names, shards)
     return {
         "rows": int(labels.shape[0]), "positions": int(labels.size), "samples": len(set(data["sample"])),
         "positive_rate": float(labels.mean()) if labels.size else 0.0,
