@@ -21,12 +21,12 @@ from pipeline.tasks.base import Example, Task
 
 def run_decode(loaded: LoadedModel, prompts: list[list[int]], policy: Policy, settings: DecodeSettings,
                references: torch.Tensor | None = None, observer=None, progress: bool = False,
-               description: str = "decode") -> DecodeOutput:
+               description: str = "decode", track_history: bool = False) -> DecodeOutput:
     if not loaded.honours_attention_mask:
         settings = settings.replace(batch_size=1)  # left padding would change this model's outputs
     return decode(loaded.model, prompts, policy, settings, loaded.mask_id, loaded.eos_id, references=references,
                   observer=observer, device=loaded.device, max_context=loaded.max_context, progress=progress,
-                  description=description, end_ids=loaded.end_ids)
+                  description=description, end_ids=loaded.end_ids, track_history=track_history)
 
 
 def reference_outputs(loaded: LoadedModel, prompts: list[list[int]], settings: DecodeSettings,

@@ -124,6 +124,8 @@ class GridEntry:
     factor: Any = None
     factor_rule: Any = None
     filter_path: Any = None
+    gamma: Any = None
+    kl_bound: Any = None
 
 
 @dataclass

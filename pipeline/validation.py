@@ -21,7 +21,8 @@ from pipeline.plan import STAGES, decode_settings, stages_to_run, sweep_settings
 from pipeline.tasks.base import SPLITS
 from pipeline.tasks.registry import build_task
 
-FEATURES = ("confidence", "entropy", "margin", "position", "step", "committed")  # pipeline/decoding/features.py
+FEATURES = ("confidence", "entropy", "margin", "position", "step", "committed", "kl", "stability", "is_end",
+            "distance_to_committed", "distance_to_end")  # pipeline/decoding/features.py
 DEVICE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FAMILIES = ("embedded", "llada", "dream")  # models/families.py

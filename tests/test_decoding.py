@@ -10,12 +10,14 @@ import torch
 from models import DiffusionLM, DiffusionLMConfig
 from pipeline.data import encode_prompt
 from pipeline.decoding.features import FEATURES, block_features
-from pipeline.decoding.loop import decode
+from pipeline.decoding.loop import StepHistory, decode
 from pipeline.decoding.policies import (
     POLICIES,
+    EntropyBounded,
     ExtremelyGreedy,
     Factor,
     LearnedFilter,
+    StableConfidence,
     StepView,
     Threshold,
     Vanilla,
@@ -195,7 +197,7 @@ BAD_SETTINGS = [
     (dict(gen_length=32, block_length=8, steps=6), "decode.steps=6: allowed: a positive multiple of the number of"),
     (dict(remasking="highest"), "decode.remasking=highest: allowed: low_confidence, random"),
     (dict(temperature=-1.0), "decode.temperature=-1.0"),
-    (dict(policy="greedy"), "decode.policy=greedy: allowed: egp, factor, filter, threshold, vanilla"),
+    (dict(policy="greedy"), "decode.policy=greedy: allowed: egp, entropy_bounded, factor, filter, klass, threshold"),
     (dict(policy="factor", factor_rule="fast"), "decode.factor_rule=fast: allowed: paper, reference"),
 ]
 
@@ -303,7 +305,57 @@ def test_entropy_is_finite_where_the_mask_token_is_impossible():
     one = torch.ones(1, dtype=torch.long)
     view = StepView(logits, probs.argmax(-1), probs.max(-1).values, probs.max(-1).values,
                     torch.ones(1, 1, dtype=torch.bool), one, one - 1, 0, 0, 0)
-    features = block_features(view, tuple(FEATURES), 4)
+    features = block_features(view, ("confidence", "entropy", "margin", "position", "step", "committed"), 4)
     assert torch.isfinite(features).all()
     finite = probs[probs > 0]
     assert torch.allclose(features[0, 0, 1], -(finite * finite.log()).sum())
+
+
+def test_the_entropy_bounded_sampler_commits_more_with_a_larger_budget(micro_model, tokenizer):
+    prompts = prompts_for(tokenizer, 4)
+    settings = DecodeSettings(gen_length=32, block_length=8)
+    tight = decode(micro_model, prompts, EntropyBounded(0.0), settings, MASK, EOS)
+    loose = decode(micro_model, prompts, EntropyBounded(1e6), settings, MASK, EOS)
+    assert tight.nfe.tolist() == [32] * 4 and loose.nfe.tolist() == [4] * 4
+
+
+def test_the_step_history_measures_how_predictions_move():
+    history = StepHistory(2, 3, "cpu")
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]]] * 2)
+    rows = torch.tensor([0, 1])
+    kl, unchanged = history.update(rows, logits, logits.argmax(-1))
+    assert torch.isinf(kl).all() and unchanged.tolist() == [[0, 0, 0]] * 2
+    moved = logits.clone()
+    moved[1, 0] = torch.tensor([0.0, 2.0])
+    kl, unchanged = history.update(rows, moved, moved.argmax(-1))
+    assert torch.allclose(kl[0], torch.zeros(3)) and kl[1, 0] > 1 and torch.allclose(kl[1, 1:], torch.zeros(2))
+    assert unchanged.tolist() == [[1, 1, 1], [0, 1, 1]]
+
+
+def test_klass_commits_only_what_stayed_stable(shipped_model):
+    model, tokenizer = shipped_model
+    prompts = prompts_for(tokenizer, 16)
+    settings = DecodeSettings(gen_length=64, block_length=16, batch_size=16)
+    first_steps = []
+
+    def observe(view, commit):
+        if view.step == 0:
+            first_steps.append(commit.sum(-1))
+
+    klass = decode(model, prompts, StableConfidence(0.9, 0.01), settings, MASK, EOS, observer=observe)
+    vanilla = decode(model, prompts, Vanilla(), settings, MASK, EOS)
+    assert all((count == 1).all() for count in first_steps), "nothing is stable before a second look"
+    assert klass.nfe.sum() < vanilla.nfe.sum()
+    never = decode(model, prompts, StableConfidence(1.0, 1e-9), settings, MASK, EOS)
+    assert torch.equal(never.tokens, vanilla.tokens)
+
+
+def test_history_features_are_finite_and_bounded(shipped_model):
+    model, tokenizer = shipped_model
+    names = ("kl", "stability", "is_end", "distance_to_committed", "distance_to_end")
+    seen = []
+    decode(model, prompts_for(tokenizer, 8), Threshold(0.9), DecodeSettings(gen_length=64, block_length=16),
+           MASK, EOS, observer=lambda view, commit: seen.append(block_features(view, names, 16)), track_history=True)
+    values = torch.cat([f.reshape(-1, len(names)) for f in seen])
+    assert torch.isfinite(values).all() and values.min() >= -1 and values.max() <= 1
+    assert values[:, 2].max() == 1 and values[:, 1].max() > 0, "end-of-text and stable predictions occur"

@@ -35,6 +35,40 @@ def _step(view: StepView, steps: int) -> torch.Tensor:
     return torch.full_like(view.confidence, view.step / max(steps, 1))
 
 
+def _kl(view: StepView, steps: int) -> torch.Tensor:
+    """How far the position's distribution moved since the previous step, squashed to [0, 1) (1 at step 0)."""
+    return 1 - torch.exp(-view.kl.clamp(min=0))
+
+
+def _stability(view: StepView, steps: int) -> torch.Tensor:
+    """Steps the prediction has stayed the same, as a fraction of the block's steps."""
+    return (view.unchanged.float() / max(steps, 1)).clamp(max=1)
+
+
+def _is_end(view: StepView, steps: int) -> torch.Tensor:
+    return torch.isin(view.predicted, view.ends).float()
+
+
+def _distance_to_committed(view: StepView, steps: int) -> torch.Tensor:
+    """Distance to the nearest committed position of the block, as a fraction of the block (1: none yet)."""
+    width = view.masked.shape[1]
+    index = torch.arange(width, device=view.masked.device).float()
+    gaps = (index[None, :, None] - index[None, None, :]).abs().expand(view.masked.shape[0], -1, -1)
+    gaps = torch.where((~view.masked)[:, None, :], gaps, torch.full_like(gaps, float(width)))
+    return gaps.min(-1).values / width
+
+
+def _distance_to_end(view: StepView, steps: int) -> torch.Tensor:
+    """Signed distance to the first position of the block predicted to end the text, as a fraction of the block
+    (1: none predicted)."""
+    width = view.masked.shape[1]
+    index = torch.arange(width, device=view.masked.device)
+    ends = torch.isin(view.predicted, view.ends)
+    first = torch.where(ends, index, width).min(-1).values
+    return torch.where(ends.any(-1, keepdim=True), (index[None, :] - first[:, None]).float() / width,
+                       torch.ones_like(view.confidence))
+
+
 FEATURES: dict[str, Callable[[StepView, int], torch.Tensor]] = {
     "confidence": lambda view, steps: view.confidence,
     "entropy": _entropy,
@@ -42,7 +76,13 @@ FEATURES: dict[str, Callable[[StepView, int], torch.Tensor]] = {
     "position": _position,
     "step": _step,
     "committed": lambda view, steps: (~view.masked).float(),
+    "kl": _kl,
+    "stability": _stability,
+    "is_end": _is_end,
+    "distance_to_committed": _distance_to_committed,
+    "distance_to_end": _distance_to_end,
 }
+HISTORY_FEATURES = ("kl", "stability")  # need the loop's step history
 
 
 def block_features(view: StepView, names: tuple[str, ...], steps_per_block: int) -> torch.Tensor:

@@ -56,10 +56,13 @@ def generate_batch(
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
     end_ids: Sequence[int] = (),
+    track_history: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one batch; returns (window tokens [n, gen_length], NFE [n]) on the CPU.
 
     ``end_ids`` are the tokens that end the text besides ``eos_id`` (end-of-turn); EoTP cuts after any of them.
+    With ``track_history`` (or a policy that reads it) each step also sees how every position's prediction moved
+    since the block's previous step.
     """
     n, prompt_len = len(prompts), max(len(p) for p in prompts)
     gen, width = settings.gen_length, settings.block_length
@@ -81,6 +84,7 @@ def generate_batch(
     for block in range(settings.num_blocks):
         start = prompt_len + block * width
         schedule = vanilla_schedule((x[:, start : start + width] == mask_id).sum(-1), steps)
+        history = StepHistory(n, width, device) if track_history or policy.uses_history else None
         step = 0
         while True:
             rows = (x[:, start : start + width] == mask_id).any(-1).nonzero().squeeze(-1)
@@ -113,7 +117,9 @@ def generate_batch(
             else:
                 scores = confidence
             k = schedule[rows, min(step, steps - 1)].clamp(min=int(policy.adaptive))
-            view = StepView(logits, predicted, confidence, scores, masked, k, rows, block, start - prompt_len, step)
+            kl, unchanged = history.update(rows, logits, predicted) if history is not None else (None, None)
+            view = StepView(logits, predicted, confidence, scores, masked, k, rows, block, start - prompt_len, step,
+                            ends, kl, unchanged)
             commit, tokens = policy.select(view)
             commit &= masked
             x[rows, start : start + width] = torch.where(commit, tokens, block_tokens)
@@ -127,6 +133,30 @@ def generate_batch(
                 _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id)
             step += 1
     return x[:, prompt_len:].cpu(), nfe
+
+
+class StepHistory:
+    """Per block: each position's previous log-probabilities and how long its prediction has stayed the same."""
+
+    def __init__(self, n: int, width: int, device: str | torch.device) -> None:
+        self.previous: torch.Tensor | None = None  # [n, B, V], allocated at the first step
+        self.predicted = torch.full((n, width), -1, dtype=torch.long, device=device)
+        self.unchanged = torch.zeros((n, width), dtype=torch.long, device=device)
+        self.seen = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def update(self, rows: torch.Tensor, logits: torch.Tensor, predicted: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL(previous || current) per position (inf where there is no previous step) and the unchanged counts."""
+        logp = torch.log_softmax(logits, dim=-1)
+        if self.previous is None:
+            self.previous = torch.zeros((len(self.seen), *logp.shape[1:]), device=logp.device)
+        before = self.previous[rows]
+        terms = torch.where(torch.isfinite(before), before.exp() * (before - logp), torch.zeros_like(logp))
+        kl = torch.where(self.seen[rows, None], terms.sum(-1).clamp(min=0), torch.full_like(logp[..., 0], float("inf")))
+        same = predicted == self.predicted[rows]
+        self.unchanged[rows] = torch.where(same, self.unchanged[rows] + 1, torch.zeros_like(predicted))
+        self.previous[rows], self.predicted[rows], self.seen[rows] = logp, predicted, True
+        return kl, self.unchanged[rows]
 
 
 def _cut_after_predicted_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, ends, eos_id, mask_id,
@@ -187,6 +217,7 @@ def decode(
     progress: bool = False,
     description: str = "decode",
     end_ids: Sequence[int] = (),
+    track_history: bool = False,
 ) -> DecodeOutput:
     """Decode all prompts in batches of ``settings.batch_size``; validates everything before the first step."""
     settings.validate()
@@ -210,7 +241,7 @@ def decode(
         tic = time.perf_counter()
         out, counts = generate_batch(
             model, chunk, policy, settings, mask_id, eos_id, chunk_refs, observer_offset(observer, first), device,
-            generator, end_ids,
+            generator, end_ids, track_history,
         )
         if torch.cuda.is_available() and str(device).startswith("cuda"):
             torch.cuda.synchronize()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.decoding.features import block_features
+from pipeline.decoding.features import HISTORY_FEATURES, block_features
 from pipeline.decoding.schedule import top_k_mask
 from pipeline.decoding.settings import FACTOR_RULES, DecodeSettings, check_probability
 from pipeline.errors import ConfigError
@@ -32,10 +32,15 @@ class StepView:
     block: int
     block_start: int  # offset of the block inside the generation window
     step: int  # step index within the block
+    ends: torch.Tensor | None = None  # token ids that end the text (end-of-text, end-of-turn)
+    # With step history (policies and features that read it): how the prediction moved since the previous step.
+    kl: torch.Tensor | None = None  # [n, B] KL(previous || current) of each position's distribution; inf at step 0
+    unchanged: torch.Tensor | None = None  # [n, B] consecutive steps the predicted token has stayed the same
 
 
 class Policy(ABC):
     name: str
+    uses_history: bool = False  # reads StepView.kl / unchanged, which the loop then tracks
     adaptive: bool = True  # loops over a block until it is filled; False follows the fixed schedule
     needs_references: bool = False  # the oracle reads the reference outputs
 
@@ -135,6 +140,7 @@ class LearnedFilter(Policy):
                  steps_per_block: int = 1) -> None:
         self.network = network
         self.features = tuple(features)
+        self.uses_history = bool(set(self.features) & set(HISTORY_FEATURES))
         self.threshold = check_probability(threshold, "decode.threshold")
         self.steps_per_block = steps_per_block
 
@@ -149,8 +155,51 @@ class LearnedFilter(Policy):
         return (view.masked & accept) | scheduled, view.predicted
 
 
+class EntropyBounded(Policy):
+    """The entropy-bounded sampler: masked positions in order of increasing entropy, the longest prefix whose
+    entropy sum minus its largest entropy stays <= ``gamma`` (at least one position)."""
+
+    name = "entropy_bounded"
+
+    def __init__(self, gamma: float = 0.1) -> None:
+        if gamma is None or float(gamma) < 0:
+            raise ConfigError("decode.gamma", gamma, "allowed: a number >= 0")
+        self.gamma = float(gamma)
+
+    def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.softmax(view.logits, dim=-1)
+        entropy = -torch.special.xlogy(probs, probs).sum(-1)
+        ranked = torch.where(view.masked, entropy, torch.full_like(entropy, float("inf")))
+        ordered = ranked.sort(dim=-1).values
+        finite = torch.isfinite(ordered)
+        total = torch.where(finite, ordered, 0).cumsum(-1)
+        largest = torch.where(finite, ordered, 0).cummax(-1).values
+        count = ((total - largest <= self.gamma) & finite).long().cumprod(-1).sum(-1).clamp(min=1)
+        return top_k_mask(-ranked, view.masked, count), view.predicted
+
+
+class StableConfidence(Policy):
+    """KLASS-style: commit positions whose confidence is >= ``threshold``, whose prediction has not changed since
+    the previous step and whose distribution moved by less than ``kl_bound`` (KL to the previous step); otherwise
+    the vanilla schedule's top-k."""
+
+    name = "klass"
+    uses_history = True
+
+    def __init__(self, threshold: float = 0.9, kl_bound: float = 0.01) -> None:
+        self.threshold = check_probability(threshold, "decode.threshold")
+        if kl_bound is None or float(kl_bound) <= 0:
+            raise ConfigError("decode.kl_bound", kl_bound, "allowed: a number > 0")
+        self.kl_bound = float(kl_bound)
+
+    def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
+        stable = (view.scores >= self.threshold) & (view.kl <= self.kl_bound) & (view.unchanged >= 1)
+        return (view.masked & stable) | top_k_mask(view.scores, view.masked, view.k), view.predicted
+
+
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (Vanilla, Threshold, Factor, ExtremelyGreedy, LearnedFilter)
+    cls.name: cls for cls in (Vanilla, Threshold, Factor, ExtremelyGreedy, LearnedFilter, EntropyBounded,
+                              StableConfidence)
 }
 
 
@@ -161,6 +210,10 @@ def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -
         return Threshold(settings.threshold)
     if settings.policy == "factor":
         return Factor(settings.factor, settings.factor_rule)
+    if settings.policy == "entropy_bounded":
+        return EntropyBounded(settings.gamma)
+    if settings.policy == "klass":
+        return StableConfidence(settings.threshold, settings.kl_bound)
     if settings.policy == "filter":
         from models.filter import BlockFilter
 

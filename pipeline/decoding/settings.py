@@ -20,6 +20,8 @@ POLICY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "factor": ("factor", "factor_rule"),
     "egp": (),
     "filter": ("threshold", "filter_path"),
+    "entropy_bounded": ("gamma",),
+    "klass": ("threshold", "kl_bound"),
 }
 NEEDS_REFERENCES = ("egp",)  # the oracle reads the vanilla output of the same window
 REMASKING = ("low_confidence", "random")
@@ -44,6 +46,8 @@ class DecodeSettings:
     threshold: float = 0.9  # threshold and filter policies
     factor: float = 1.0  # factor policy
     factor_rule: str = "paper"  # paper (the published formula) | reference (Fast-dLLM's code, see policies.Factor)
+    gamma: float = 0.1  # entropy_bounded: the entropy budget of a step
+    kl_bound: float = 0.01  # klass: how little a distribution may move between steps to count as stable
     filter_path: str | None = None  # filter policy: a saved filter; None = this experiment's train_filter
 
     @property
@@ -96,6 +100,10 @@ class DecodeSettings:
             raise ConfigError(f"{prefix}.remasking", self.remasking, f"allowed: {', '.join(REMASKING)}")
         if "threshold" in POLICY_PARAMETERS[self.policy]:
             check_probability(self.threshold, f"{prefix}.threshold")
+        if self.policy == "entropy_bounded" and not self.gamma >= 0:
+            raise ConfigError(f"{prefix}.gamma", self.gamma, "allowed: a number >= 0")
+        if self.policy == "klass" and not self.kl_bound > 0:
+            raise ConfigError(f"{prefix}.kl_bound", self.kl_bound, "allowed: a number > 0")
         if self.policy == "factor":
             if not self.factor > 0:
                 raise ConfigError(f"{prefix}.factor", self.factor, "allowed: a number > 0")

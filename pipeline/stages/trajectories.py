@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from pipeline.artifacts import Artifact, ArtifactSpec, atomic_dir, code_digest
 from pipeline.data import encode_prompt
-from pipeline.decoding.features import block_features
+from pipeline.decoding.features import HISTORY_FEATURES, block_features
 from pipeline.decoding.policies import ExtremelyGreedy, StepView, Vanilla
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.evaluation import reference_outputs, run_decode
@@ -111,13 +111,16 @@ def compute_shard(ctx: StageContext, index: int, target: Path) -> None:
     prompts = [encode_prompt(loaded.tokenizer, ex.prompt, source.chat_template) for ex in examples]
     recorder = TrajectoryRecorder(tuple(t.features), decode_settings.steps_per_block)
     progress = bool(ctx.cfg.progress)
+    history = bool(set(t.features) & set(HISTORY_FEATURES))
     if t.policy == "vanilla":
         references = run_decode(loaded, prompts, Vanilla(), decode_settings, observer=recorder, progress=progress,
-                                description=f"trajectories {shard_name(index, t.num_shards)}").tokens
+                                description=f"trajectories {shard_name(index, t.num_shards)}",
+                                track_history=history).tokens
     else:
         references = reference_outputs(loaded, prompts, decode_settings, progress).tokens
         run_decode(loaded, prompts, ExtremelyGreedy(), decode_settings, references, observer=recorder,
-                   progress=progress, description=f"trajectories {shard_name(index, t.num_shards)} (egp)")
+                   progress=progress, description=f"trajectories {shard_name(index, t.num_shards)} (egp)",
+                   track_history=history)
 
     def build(tmp: Path) -> None:
         Dataset.from_dict(recorder.to_columns(references, first)).save_to_disk(str(tmp))
