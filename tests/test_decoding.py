@@ -157,10 +157,13 @@ def test_learn2pd_eotp_cuts_earlier_and_the_oracle_stays_exact_under_it(shipped_
     committed = decode(model, prompts, Vanilla(), settings, MASK, EOS)
     predicted = decode(model, prompts, Vanilla(), learn2pd, MASK, EOS)
     assert predicted.nfe.sum() < committed.nfe.sum(), "cutting at a predicted end of text saves passes"
+    texts = [[tok for tok in row[: row.index(EOS) if EOS in row else None]] for row in committed.tokens.tolist()]
+    cut = [[tok for tok in row[: row.index(EOS) if EOS in row else None]] for row in predicted.tokens.tolist()]
+    assert sum(a == b for a, b in zip(texts, cut)) >= 14, "the cut position itself ends the text (no run-on)"
 
 
 def test_learn2pd_eotp_cuts_after_the_most_confident_predicted_end_of_text(tokenizer):
-    """A model sure of end-of-text at window position 5, less sure at 9: the cut is right after position 5."""
+    """A model sure of end-of-text at window position 5, less sure at 9: end-of-text from position 5 on."""
     prompts = prompts_for(tokenizer, 1)
 
     class EndsAtFive(torch.nn.Module):
@@ -175,7 +178,7 @@ def test_learn2pd_eotp_cuts_after_the_most_confident_predicted_end_of_text(token
     settings = DecodeSettings(gen_length=32, block_length=8, eotp=True, eotp_rule="learn2pd")
     out = decode(EndsAtFive(), prompts, Threshold(0.99), settings, MASK, EOS)
     window = out.tokens[0].tolist()
-    assert window[6:] == [EOS] * 26 and EOS not in window[:5]
+    assert window[5:] == [EOS] * 27 and EOS not in window[:5]
 
 
 def test_eotp_under_a_micro_model_fills_the_rest_with_end_of_text(micro_model, tokenizer):

@@ -162,7 +162,8 @@ class StepHistory:
 def _cut_after_predicted_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, ends, eos_id, mask_id,
                              references) -> None:
     """Learn2PD's EoTP rule: among still-masked positions from the current block on whose prediction ends the text,
-    cut the sequence after the most confident one (it stays masked; every later position becomes end-of-text).
+    cut the sequence after the most confident one: it and every later position become end-of-text. (Leaving it
+    masked let the model continue the text there once the context was cut: "#115" became "#1151".)
 
     With reference outputs (the oracle), only positions where the reference also ends the text qualify, so the
     oracle still reproduces the reference text exactly.
@@ -181,7 +182,7 @@ def _cut_after_predicted_end(x, rows, ahead, ahead_from, start, prompt_len, seq_
     confidence[row, col] = (chosen.gather(-1, top.indices[row, col, None]).squeeze(-1) - chosen.logsumexp(-1)).exp()
     best = first + confidence.argmax(-1)
     has = candidates.any(-1)
-    later = torch.arange(x.shape[1], device=x.device)[None, :] > best[:, None]
+    later = torch.arange(x.shape[1], device=x.device)[None, :] >= best[:, None]
     fill = later & has[:, None] & (torch.arange(x.shape[1], device=x.device)[None, :] >= prompt_len)
     x[rows] = torch.where(fill, torch.full_like(x[rows], eos_id), x[rows])
     seq_end[rows] = torch.where(has, torch.minimum(seq_end[rows], best + 1), seq_end[rows])
