@@ -189,9 +189,8 @@ class ArtifactStore:
             log.info("%s %s: complete, reusing %s (nothing to compute)", spec.stage, spec.key, existing.path)
             return existing
         with self.lock(spec):
-            finished = self.load(spec)  # another run may have finished it while this one waited for the lock
-            fresh = finished is not None and (existing is None or finished.manifest != existing.manifest)
-            if fresh and self.is_current(finished, inputs):
+            finished = self.finished_elsewhere(spec, existing)
+            if finished is not None and self.is_current(finished, inputs):
                 log.info("%s %s: finished by another run, reusing %s", spec.stage, spec.key, finished.path)
                 return finished
             work = self.begin(spec)
@@ -200,6 +199,12 @@ class ArtifactStore:
             began = time.time()
             figures = compute(work)
             return self.finalize(spec, figures, time.time() - began, inputs)
+
+    def finished_elsewhere(self, spec: ArtifactSpec, seen: Artifact | None) -> Artifact | None:
+        """The artifact another run (or array task) completed since ``seen`` was read, e.g. while waiting for a
+        lock; None when there is none newer."""
+        finished = self.load(spec)
+        return finished if finished is not None and (seen is None or finished.manifest != seen.manifest) else None
 
     def check_partial(self, spec: ArtifactSpec, work: Path, inputs: Inputs) -> None:
         """Pieces left in ``work`` by a killed run (checkpoints) are resumed only if they came from the same

@@ -152,3 +152,13 @@ def test_evaluate_decodes_the_test_split_with_the_shipped_model(tmp_path):
                      "decode.gen_length=32", "decode.block_length=8", "eval.num_prompts=8", "progress=false")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "egp gen_length=32 block=8 eotp=True: accuracy" in result.stderr
+
+
+@pytest.mark.parametrize("stage", ["sweep", "aggregate"])
+def test_reuse_only_refuses_to_compute_a_missing_upstream_in_one_line(tmp_path, stage):
+    result = run_cli(MICRO, f"stage={stage}", "reuse_only=true", f"output_dir={tmp_path}", "logger=none",
+                     "progress=false")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "reuse_only=true forbids computing it" in line
+    assert not list(tmp_path.glob("artifacts/*/*/manifest.json"))

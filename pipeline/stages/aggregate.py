@@ -35,10 +35,9 @@ def collect(ctx: StageContext, upstream: bool) -> list[Artifact]:
     found: dict[str, Artifact] = {}
     for setting in expand_grid(ctx.cfg):
         spec = sweep.spec_for(ctx, setting)
-        reuse_only = upstream and bool(ctx.cfg.reuse_only)
-        artifact = ctx.store.check_upstream(spec, reuse_only)
         # evaluate() reuses a complete result unless its filter or references changed since it was computed
-        found[spec.key] = artifact if reuse_only else sweep.evaluate(ctx, setting)
+        reuse_only = upstream and bool(ctx.cfg.reuse_only)
+        found[spec.key] = ctx.store.check_upstream(spec, True) if reuse_only else sweep.evaluate(ctx, setting)
     identity, task = model_identity(ctx.cfg.model), plain(ctx.cfg.task)
     for artifact in ctx.store.all("sweep"):
         s = artifact.manifest["settings"]

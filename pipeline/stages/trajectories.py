@@ -142,18 +142,12 @@ def ensure(ctx: StageContext, upstream: bool = False) -> Artifact | None:
         return existing
     work = ctx.store.work_dir(s)
 
-    def finished_elsewhere() -> Artifact | None:
-        """The artifact another run (or array task) completed while this one waited for a lock."""
-        finished = ctx.store.load(s)
-        return finished if finished is not None and (existing is None or finished.manifest != existing.manifest) \
-            else None
-
     wanted = range(t.num_shards) if t.shard is None else [t.shard]
     for index in wanted:
         name = shard_name(index, t.num_shards)
         target = work / "shards" / name
         with ctx.store.lock(s, name):
-            if (finished := finished_elsewhere()) is not None:
+            if (finished := ctx.store.finished_elsewhere(s, existing)) is not None:
                 return finished
             if target.exists() and not ctx.forced("trajectories"):
                 log.info("trajectories %s: %s already written, skipping", s.key, name)
@@ -163,7 +157,7 @@ def ensure(ctx: StageContext, upstream: bool = False) -> Artifact | None:
                 shutil.rmtree(target)
             compute_shard(ctx, index, target)
     with ctx.store.lock(s):
-        if (finished := finished_elsewhere()) is not None:
+        if (finished := ctx.store.finished_elsewhere(s, existing)) is not None:
             return finished
         done = [i for i in range(t.num_shards) if (work / "shards" / shard_name(i, t.num_shards)).exists()]
         if len(done) < t.num_shards:
