@@ -21,6 +21,7 @@ class FilterConfig:
     features: tuple[str, ...] = ("confidence",)
     num_layers: int = 2
     hidden_size: int | None = None  # None: the block length, as in the paper
+    threshold: float | None = None  # the decode threshold chosen on validation for a target precision, if any
 
     def __post_init__(self) -> None:
         if self.num_layers < 1:

@@ -25,26 +25,31 @@ SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
 
 
 class TrajectoryDataModule(L.LightningDataModule):
-    def __init__(self, shards: Path, recorded: list[str], features: list[str], batch_size: int | None,
+    """Rows of one or more trajectory artifacts (the oracle's round and any on-policy rounds), split by prompt."""
+
+    def __init__(self, shards: Path | list[Path], recorded: list[str], features: list[str], batch_size: int | None,
                  seed: int = 0) -> None:
         super().__init__()
         missing = [f for f in features if f not in recorded]
         if missing:
             raise ConfigError("filter.features", features, f"{missing} were not recorded; allowed: {recorded} "
                                                            "(or add them to trajectories.features)")
-        self.shards, self.recorded, self.features = shards, recorded, features
+        self.shards = [shards] if isinstance(shards, Path) else list(shards)
+        self.recorded, self.features = recorded, features
         self.batch_size, self.seed = batch_size, seed
         self.splits: dict[str, TensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        from datasets import concatenate_datasets
+
         from pipeline.trajectory_data import load_shards
 
-        data = load_shards(self.shards).with_format("numpy")
+        data = concatenate_datasets([load_shards(path) for path in self.shards]).with_format("numpy")
         columns = [self.recorded.index(f) for f in self.features]
         selected = np.stack(data["features"])[..., columns].astype(np.float32)
-        check_finite(selected, self.features, self.shards)
+        check_finite(selected, self.features, self.shards[-1])
         features = torch.from_numpy(selected)
         labels = torch.from_numpy(np.stack(data["label"]).astype(np.float32))
         masked = torch.from_numpy(np.stack(data["masked"]).astype(bool))
@@ -59,6 +64,13 @@ class TrajectoryDataModule(L.LightningDataModule):
 
     def sizes(self) -> dict[str, int]:
         return {name: len(ds) for name, ds in self.splits.items()}
+
+    def balanced_pos_weight(self, loss_on: str) -> float:
+        """Negatives per positive among the training labels the loss sees: the weight that balances the classes."""
+        _, labels, masked = self.splits["train"].tensors
+        seen = labels[masked] if loss_on == "masked" else labels.reshape(-1)
+        positives = float(seen.sum())
+        return (len(seen) - positives) / max(positives, 1.0)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset = self.splits[name]
@@ -93,6 +105,38 @@ class EpochShuffle(torch.utils.data.Sampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def choose_threshold(probs: torch.Tensor, labels: torch.Tensor, target: float) -> dict[str, float]:
+    """The lowest threshold whose acceptances (``prob > threshold``) reach ``target`` precision: the largest top-m
+    of positions by probability whose precision is still >= target. 1.0 (accept nothing) when even the most
+    confident position misses it."""
+    order = probs.argsort(descending=True)
+    sorted_probs, hits = probs[order], labels[order].float().cumsum(0)
+    precision = hits / torch.arange(1, len(probs) + 1, device=probs.device)
+    ok = (precision >= target).nonzero()
+    total = max(float(labels.sum()), 1.0)
+    if len(ok) == 0:
+        return {"threshold": 1.0, "precision": 1.0, "recall": 0.0}
+    m = int(ok[-1])  # accept the top m + 1
+    below = float(sorted_probs[m + 1]) if m + 1 < len(probs) else 0.0
+    threshold = (float(sorted_probs[m]) + below) / 2  # strictly between the last accepted and the first rejected
+    return {"threshold": threshold, "precision": float(precision[m]), "recall": float(hits[m]) / total}
+
+
+@torch.no_grad()
+def masked_predictions(network: torch.nn.Module, dataset: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The filter's probabilities and the labels at the still-masked positions of a split."""
+    features, labels, masked = dataset.tensors
+    probs = torch.sigmoid(network(features))
+    return probs[masked], labels[masked]
+
+
+def metrics_at(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
+    accept, positive = probs > threshold, labels > 0.5
+    tp = float((accept & positive).sum())
+    return {"precision": tp / max(float(accept.sum()), 1.0), "recall": tp / max(float(positive.sum()), 1.0),
+            "accepted": float(accept.float().mean()) if len(accept) else 0.0}
 
 
 class FilterModule(L.LightningModule):

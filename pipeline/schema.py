@@ -86,6 +86,7 @@ class TrajectoriesConfig:
     features: list[str] = MISSING
     num_shards: int = 1
     shard: int | None = None
+    on_policy_rounds: int = 0
 
 
 @dataclass
@@ -99,6 +100,9 @@ class TrainFilterConfig:
     threshold: float = MISSING
     loss_on: str = MISSING
     pos_weight: float = MISSING
+    class_balance: bool = False
+    early_stopping_patience: int | None = None
+    target_precision: float | None = None
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pipeline.tasks.base import SPLITS
 from pipeline.tasks.registry import build_task
 
 FEATURES = ("confidence", "entropy", "margin", "position", "step", "committed", "kl", "stability", "is_end",
-            "distance_to_committed", "distance_to_end")  # pipeline/decoding/features.py
+            "distance_to_committed", "distance_to_end", "masked_run_before")  # pipeline/decoding/features.py
 DEVICE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FAMILIES = ("embedded", "llada", "dream")  # models/families.py
@@ -125,6 +125,7 @@ def check_trajectories(cfg: DictConfig, multirun: bool) -> None:
                               "only with stage=trajectories (one array task per shard); drop it here")
         if not 0 <= t.shard < t.num_shards:
             raise ConfigError("trajectories.shard", t.shard, f"allowed: 0 to {t.num_shards - 1}")
+    at_least(cfg, "trajectories.on_policy_rounds", 0, "an integer")
 
 
 def check_train_filter(cfg: DictConfig, multirun: bool) -> None:
@@ -149,6 +150,10 @@ def check_train_filter(cfg: DictConfig, multirun: bool) -> None:
     one_of(tf.loss_on, "train_filter.loss_on", LOSS_ON)
     if not tf.pos_weight > 0:
         raise ConfigError("train_filter.pos_weight", tf.pos_weight, "allowed: a number > 0")
+    if tf.early_stopping_patience is not None:
+        at_least(cfg, "train_filter.early_stopping_patience", 1, "an integer (or null: never stop early)")
+    if tf.target_precision is not None:
+        check_probability(tf.target_precision, "train_filter.target_precision")
 
 
 def check_filter_path(path: str | None, setting: str) -> None:
@@ -174,6 +179,10 @@ def check_sweep(cfg: DictConfig, multirun: bool) -> None:
             raise ConfigError("trajectories.block_length", cfg.trajectories.block_length,
                               f"the filter is tied to its block length; allowed: the sweep's block length "
                               f"({setting.block_length})")
+        if setting.policy == "filter" and setting.threshold is None and not setting.filter_path and \
+                cfg.train_filter.target_precision is None:
+            raise ConfigError("decode.threshold", None, "a filter's validated threshold needs "
+                                                        "train_filter.target_precision; allowed: a number in (0, 1]")
 
 
 def check_aggregate(cfg: DictConfig, multirun: bool) -> None:

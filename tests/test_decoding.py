@@ -355,10 +355,19 @@ def test_klass_commits_only_what_stayed_stable(shipped_model):
 
 def test_history_features_are_finite_and_bounded(shipped_model):
     model, tokenizer = shipped_model
-    names = ("kl", "stability", "is_end", "distance_to_committed", "distance_to_end")
+    names = ("kl", "stability", "is_end", "distance_to_committed", "distance_to_end", "masked_run_before")
     seen = []
     decode(model, prompts_for(tokenizer, 8), Threshold(0.9), DecodeSettings(gen_length=64, block_length=16),
            MASK, EOS, observer=lambda view, commit: seen.append(block_features(view, names, 16)), track_history=True)
     values = torch.cat([f.reshape(-1, len(names)) for f in seen])
     assert torch.isfinite(values).all() and values.min() >= -1 and values.max() <= 1
     assert values[:, 2].max() == 1 and values[:, 1].max() > 0, "end-of-text and stable predictions occur"
+    assert values[:, 5].min() == 0 and values[:, 5].max() > 0
+
+
+def test_masked_run_before_counts_masks_back_to_the_committed_text():
+    masked = torch.tensor([[False, True, True, False, True], [True, True, True, True, True]])
+    view = StepView(torch.zeros(2, 5, 3), torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5), torch.zeros(2, 5),
+                    masked, torch.ones(2, dtype=torch.long), torch.arange(2), 0, 0, 0)
+    run = block_features(view, ("masked_run_before",), 5)[..., 0] * 5
+    assert run.tolist() == [[0, 0, 1, 2, 0], [0, 1, 2, 3, 4]]

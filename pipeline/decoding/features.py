@@ -58,6 +58,17 @@ def _distance_to_committed(view: StepView, steps: int) -> torch.Tensor:
     return gaps.min(-1).values / width
 
 
+def _masked_run_before(view: StepView, steps: int) -> torch.Tensor:
+    """How many masked positions lie between this one and the committed text to its left (earlier blocks and the
+    prompt are committed), as a fraction of the block: 0 right after the committed prefix. Text is written left to
+    right, so a prediction next to the committed prefix rests on known tokens and one further right on guesses."""
+    run = torch.zeros_like(view.confidence)
+    width = view.masked.shape[1]
+    for j in range(1, width):  # a cumulative count that restarts at every committed position
+        run[:, j] = torch.where(view.masked[:, j - 1], run[:, j - 1] + 1, torch.zeros_like(run[:, j]))
+    return run / width
+
+
 def _distance_to_end(view: StepView, steps: int) -> torch.Tensor:
     """Signed distance to the first position of the block predicted to end the text, as a fraction of the block
     (1: none predicted)."""
@@ -81,6 +92,7 @@ FEATURES: dict[str, Callable[[StepView, int], torch.Tensor]] = {
     "is_end": _is_end,
     "distance_to_committed": _distance_to_committed,
     "distance_to_end": _distance_to_end,
+    "masked_run_before": _masked_run_before,
 }
 HISTORY_FEATURES = ("kl", "stability")  # need the loop's step history
 

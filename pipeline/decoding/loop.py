@@ -28,6 +28,24 @@ class DecodeOutput:
     nfe: torch.Tensor  # [n] forward passes each sample took part in
     wall_time: float  # seconds for the whole call
     sample_seconds: list[float] = field(default_factory=list)  # per sample: wall time of its batch / batch size
+    forward_seconds: float = 0.0  # of wall_time, the model's forward passes alone: the floor of any decoder
+
+
+class ForwardClock:
+    """Adds up the seconds spent inside the model's forward passes (synchronising CUDA so the time is the
+    kernels', not the launch's), so every decode reports its own floor and the loop's overhead above it."""
+
+    def __init__(self, device: str | torch.device) -> None:
+        self.cuda = str(device).startswith("cuda")
+        self.seconds = 0.0
+
+    def __call__(self, model: torch.nn.Module, *args, **kwargs):
+        tic = time.perf_counter()
+        out = model(*args, **kwargs)
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - tic
+        return out
 
 
 Observer = Callable[[StepView, torch.Tensor], None]
@@ -57,6 +75,7 @@ def generate_batch(
     generator: torch.Generator | None = None,
     end_ids: Sequence[int] = (),
     track_history: bool = False,
+    clock: ForwardClock | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one batch; returns (window tokens [n, gen_length], NFE [n]) on the CPU.
 
@@ -80,6 +99,7 @@ def generate_batch(
     policy.prepare(n, references)
     steps = settings.steps_per_block
     ends = torch.tensor(sorted({eos_id, *end_ids}), device=device)
+    forward = clock or ForwardClock(device)
 
     for block in range(settings.num_blocks):
         start = prompt_len + block * width
@@ -93,7 +113,7 @@ def generate_batch(
             if step == 0 or settings.cache == "none":
                 end = max(int(seq_end[rows].max()), start + width)  # the whole block is queried; cut keys hidden
                 keys = attention[rows, :end] & (torch.arange(end, device=device)[None, :] < seq_end[rows, None])
-                out = model(x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end],
+                out = forward(model, x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end],
                             **({"return_cache": True} if settings.cache != "none" else {}))
                 logits = out.logits[:, start : start + width].float()
                 ahead, ahead_from = out.logits, 0  # every position's prediction, for EoTP's predicted rule
@@ -102,8 +122,8 @@ def generate_batch(
                 past = cache.select(torch.searchsorted(cache_rows, rows))
                 stop = end if settings.cache == "prefix" else start + width
                 keys = attention[rows, :end] & (torch.arange(end, device=device)[None, :] < seq_end[rows, None])
-                out = model(x[rows, start:stop], attention_mask=keys, position_ids=positions[rows, start:stop],
-                            past=past, past_offset=start)
+                out = forward(model, x[rows, start:stop], attention_mask=keys, position_ids=positions[rows, start:stop],
+                              past=past, past_offset=start)
                 logits = out.logits[:, :width].float()
                 ahead, ahead_from = out.logits, start
             logits[..., mask_id] = float("-inf")  # committing the mask token itself would stall the block
@@ -234,6 +254,7 @@ def decode(
         raise ValueError(f"decode.policy={policy.name} needs reference outputs (one per prompt) from a vanilla decode")
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     tokens, nfe, sample_seconds = [], [], []
+    clock = ForwardClock(device)
     began = time.perf_counter()
     batches = range(0, len(prompts), settings.batch_size)
     for first in tqdm(batches, desc=description, disable=not progress, unit="batch"):
@@ -242,7 +263,7 @@ def decode(
         tic = time.perf_counter()
         out, counts = generate_batch(
             model, chunk, policy, settings, mask_id, eos_id, chunk_refs, observer_offset(observer, first), device,
-            generator, end_ids, track_history,
+            generator, end_ids, track_history, clock,
         )
         if torch.cuda.is_available() and str(device).startswith("cuda"):
             torch.cuda.synchronize()
@@ -250,7 +271,8 @@ def decode(
         tokens.append(out)
         nfe.append(counts)
         sample_seconds += [seconds / len(chunk)] * len(chunk)
-    return DecodeOutput(torch.cat(tokens), torch.cat(nfe), time.perf_counter() - began, sample_seconds)
+    return DecodeOutput(torch.cat(tokens), torch.cat(nfe), time.perf_counter() - began, sample_seconds,
+                        clock.seconds)
 
 
 def observer_offset(observer: Observer | None, offset: int) -> Observer | None:

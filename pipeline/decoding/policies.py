@@ -225,5 +225,10 @@ def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -
             raise ConfigError("decode.block_length", settings.block_length,
                               f"the filter at {settings.filter_path} was trained for block_length="
                               f"{network.config.block_length}")
-        return LearnedFilter(network, network.config.features, settings.threshold, settings.steps_per_block)
+        threshold = settings.threshold if settings.threshold is not None else network.config.threshold
+        if threshold is None:
+            raise ConfigError("decode.threshold", None, f"the filter at {settings.filter_path} stores no validated "
+                                                        "threshold (train_filter.target_precision was off); allowed: "
+                                                        "a number in (0, 1]")
+        return LearnedFilter(network, network.config.features, threshold, settings.steps_per_block)
     return POLICIES[settings.policy]()

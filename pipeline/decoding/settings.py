@@ -43,7 +43,7 @@ class DecodeSettings:
     batch_size: int = 32
     seed: int = 0
     cache: str = "none"  # none | prefix | dual (Fast-dLLM's approximate KV caches; change outputs slightly)
-    threshold: float = 0.9  # threshold and filter policies
+    threshold: float | None = 0.9  # threshold, klass and filter; filter: None = the threshold stored with it
     factor: float = 1.0  # factor policy
     factor_rule: str = "paper"  # paper (the published formula) | reference (Fast-dLLM's code, see policies.Factor)
     gamma: float = 0.1  # entropy_bounded: the entropy budget of a step
@@ -98,7 +98,7 @@ class DecodeSettings:
             raise ConfigError(f"{prefix}.eotp_rule", self.eotp_rule, f"allowed: {', '.join(EOTP_RULES)}")
         if self.remasking not in REMASKING:
             raise ConfigError(f"{prefix}.remasking", self.remasking, f"allowed: {', '.join(REMASKING)}")
-        if "threshold" in POLICY_PARAMETERS[self.policy]:
+        if "threshold" in POLICY_PARAMETERS[self.policy] and not (self.policy == "filter" and self.threshold is None):
             check_probability(self.threshold, f"{prefix}.threshold")
         if self.policy == "entropy_bounded" and not self.gamma >= 0:
             raise ConfigError(f"{prefix}.gamma", self.gamma, "allowed: a number >= 0")

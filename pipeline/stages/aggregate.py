@@ -5,12 +5,18 @@ passes per sample) and in wall-clock time. A setting is on the frontier when no 
 accurate and at least as fast, and strictly better in one of the two. Writes ``frontier.csv``, ``frontier.md``
 and ``frontier.png`` and logs the table and plot to W&B. The oracle is shown for reference but is not a
 candidate for the frontier, since it needs the reference output in advance.
+
+The headline figures make the paper's claim checkable: how many hand-tuned rule settings (``BASELINES``) some
+learned-filter setting matches or beats on both axes (like with like: the same EoTP and KV cache), which ones it
+does not, and how close the fastest filter setting that keeps vanilla's accuracy comes to the oracle.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +31,22 @@ from pipeline.tracking import tracking
 log = logging.getLogger(__name__)
 CODE = ("pipeline/stages/aggregate.py",)
 ORACLES = ("egp",)  # plotted as the ceiling, but never on the frontier: they need the answer in advance
-COLUMNS = ("label", "policy", "eotp", "cache", "threshold", "gen_length", "accuracy", "full_match", "nfe_mean",
-           "nfe_p50", "nfe_p90", "speedup_nfe", "speedup_wall", "tokens_per_s", "wall_time_s", "frontier_nfe",
-           "frontier_wall", "key")
+BASELINES = ("threshold", "factor", "entropy_bounded", "klass")  # the hand-tuned rules the filter must beat
+COLUMNS = ("label", "policy", "parameter", "eotp", "cache", "threshold", "gen_length", "accuracy", "full_match",
+           "nfe_mean", "nfe_p50", "nfe_p90", "speedup_nfe", "speedup_wall", "tokens_per_s", "wall_time_s",
+           "frontier_nfe", "frontier_wall", "key")
+# policy -> (colour, marker, annotation offset in points): the learned filter in a strong colour, the rules muted,
+# and each family's annotations on their own side of the marker so that families sharing a point stay legible
+STYLES: dict[str, tuple[str, str, tuple[int, int]]] = {
+    "filter": ("#d62728", "P", (5, 4)),
+    "threshold": ("#5f87ad", "o", (5, -4)),
+    "factor": ("#7a9e7a", "^", (-5, 4)),
+    "entropy_bounded": ("#b0916b", "v", (-5, -4)),
+    "klass": ("#9884b5", "D", (5, 12)),
+    "vanilla": ("#8c8c8c", "s", (5, 4)),
+    "egp": ("#3a3a3a", "*", (5, 4)),
+}
+OTHER_STYLE = ("#b0b0b0", "X", (5, 4))
 
 
 def collect(ctx: StageContext, upstream: bool) -> list[Artifact]:
@@ -47,12 +66,42 @@ def collect(ctx: StageContext, upstream: bool) -> list[Artifact]:
     return list(found.values())
 
 
+def number(value: Any) -> str:
+    """A setting's value as written in labels (``0.9``, ``1.0``), whether the manifest stored it as int or float."""
+    return str(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def parameter(decode: dict[str, Any]) -> str:
+    """The knob a policy was run at, in words (``tau=0.9``, ``f=1.0``, ``gamma=0.1``, ``tau=0.9, kl<=0.01``);
+    empty for policies without one. A filter threshold of None is the one validated with the filter."""
+    policy = decode["policy"]
+    if policy in ("threshold", "filter"):
+        value = decode.get("threshold")
+        return "tau=validated" if value is None else f"tau={number(value)}"
+    if policy == "factor":
+        return f"f={number(decode.get('factor'))}" + (" ref" if decode.get("factor_rule") == "reference" else "")
+    if policy == "entropy_bounded":
+        return f"gamma={number(decode.get('gamma'))}"
+    if policy == "klass":
+        return f"tau={number(decode.get('threshold'))}, kl<={number(decode.get('kl_bound'))}"
+    return ""
+
+
+def setting_name(row: dict[str, Any]) -> str:
+    """The row's label, with its parameter added where the label does not show it (sweep labels name the
+    threshold and factor but not every policy's knob), so that every name in a headline is one setting."""
+    shown = re.sub(r" L=\d+$", "", row["label"])
+    values = re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", row["parameter"])
+    return row["label"] if all(v in shown for v in values) else f"{row['label']} ({row['parameter']})"
+
+
 def frontier_rows(results: list[Artifact]) -> list[dict[str, Any]]:
     rows = []
     for artifact in results:
         decode, m = artifact.manifest["settings"]["decode"], artifact.figures
         rows.append({
-            "label": m["label"], "policy": decode["policy"], "eotp": bool(decode.get("eotp")),
+            "label": m["label"], "policy": decode["policy"], "parameter": parameter(decode),
+            "eotp": bool(decode.get("eotp")), "eotp_rule": decode.get("eotp_rule", "committed"),
             "cache": decode.get("cache") or "none",
             "threshold": decode.get("threshold", decode.get("factor")), "gen_length": decode["gen_length"],
             "accuracy": m["accuracy"], "full_match": m["full_match"], "nfe_mean": m["nfe_mean"],
@@ -61,7 +110,7 @@ def frontier_rows(results: list[Artifact]) -> list[dict[str, Any]]:
         })
     for gen_length in {r["gen_length"] for r in rows}:
         group = [r for r in rows if r["gen_length"] == gen_length]
-        base = next((r for r in group if r["policy"] == "vanilla" and not r["eotp"] and r["cache"] == "none"), None)
+        base = vanilla(group)
         for r in group:
             r["speedup_nfe"] = base["nfe_mean"] / r["nfe_mean"] if base else float("nan")
             r["speedup_wall"] = base["wall_time_s"] / r["wall_time_s"] if base else float("nan")
@@ -73,34 +122,137 @@ def frontier_rows(results: list[Artifact]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["gen_length"], r["speedup_nfe"]))
 
 
+def vanilla(group: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The reference every speedup and the accuracy tolerance are measured against: no EoTP, no cache."""
+    return next((r for r in group if r["policy"] == "vanilla" and not r["eotp"] and r["cache"] == "none"), None)
+
+
 def dominates(a: dict[str, Any], b: dict[str, Any], speed: str) -> bool:
     at_least = a["accuracy"] >= b["accuracy"] and a[speed] >= b[speed]
     return at_least and (a["accuracy"] > b["accuracy"] or a[speed] > b[speed])
 
 
+def matches(candidate: dict[str, Any], rule: dict[str, Any]) -> bool:
+    """Whether a filter setting is at least as good as a rule setting on both axes, like with like: the same KV
+    cache (caches change outputs) and the same EoTP choice (EoTP alone saves forward passes on any policy)."""
+    return (candidate["cache"] == rule["cache"] and candidate["eotp"] == rule["eotp"]
+            and candidate["nfe_mean"] <= rule["nfe_mean"] and candidate["accuracy"] >= rule["accuracy"])
+
+
+def rule_matches(group: list[dict[str, Any]]) -> dict[str, list[tuple[dict[str, Any], bool]]]:
+    """Per baseline family present in one gen length's rows: each rule setting and whether some filter setting
+    matches or beats it. Empty without filter settings (there is no claim to check)."""
+    filters = [r for r in group if r["policy"] == "filter"]
+    if not filters:
+        return {}
+    found = {}
+    for family in BASELINES:
+        rules = [r for r in group if r["policy"] == family]
+        if rules:
+            found[family] = [(r, any(matches(f, r) for f in filters)) for r in rules]
+    return found
+
+
+def oracle_for(group: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any] | None:
+    """The oracle + EoTP row to compare a filter setting with: the same cache and EoTP rule where there is one."""
+    oracles = [r for r in group if r["policy"] in ORACLES and r["eotp"]]
+    return min(oracles, default=None,
+               key=lambda r: (r["cache"] != best["cache"], r["eotp_rule"] != best["eotp_rule"], r["nfe_mean"]))
+
+
 def headline(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
-    """Per gen length: the fastest filter+EoTP setting within ``tolerance`` of vanilla accuracy, and whether the
-    filter's frontier dominates the threshold policy's (each threshold setting matched by a filter setting with
-    no more NFE and no less accuracy)."""
+    """Per gen length: the fastest filter+EoTP setting within ``tolerance`` of vanilla accuracy and its NFE
+    against the oracle's, and how many settings of each hand-tuned rule a filter setting matches or beats (no more
+    NFE, no less accuracy, same EoTP and KV cache), with the names of those it does not."""
     figures: dict[str, Any] = {}
     for gen_length in sorted({r["gen_length"] for r in rows}):
         group = [r for r in rows if r["gen_length"] == gen_length]
-        base = next((r for r in group if r["policy"] == "vanilla" and not r["eotp"] and r["cache"] == "none"), None)
+        base = vanilla(group)
         filters = [r for r in group if r["policy"] == "filter"]
-        thresholds = [r for r in group if r["policy"] == "threshold"]
+        prefix = f"L{gen_length}/"
         if base and filters:
-            close = [r for r in filters if r["eotp"] and r["accuracy"] >= base["accuracy"] - tolerance]
+            # the small slack keeps "within tolerance" true at exactly the tolerance despite float rounding
+            close = [r for r in filters if r["eotp"] and r["accuracy"] >= base["accuracy"] - tolerance - 1e-12]
             best = max(close, key=lambda r: r["speedup_nfe"], default=None)
             if best:
-                figures[f"L{gen_length}/best_filter"] = best["label"]
-                figures[f"L{gen_length}/best_filter_speedup_nfe"] = best["speedup_nfe"]
-                figures[f"L{gen_length}/best_filter_accuracy"] = best["accuracy"]
-            figures[f"L{gen_length}/vanilla_accuracy"] = base["accuracy"]
-        if thresholds and filters:
-            matched = [any(f["nfe_mean"] <= t["nfe_mean"] and f["accuracy"] >= t["accuracy"] for f in filters)
-                       for t in thresholds]
-            figures[f"L{gen_length}/threshold_settings_dominated"] = f"{sum(matched)}/{len(matched)}"
+                figures[prefix + "best_filter"] = best["label"]
+                figures[prefix + "best_filter_speedup_nfe"] = best["speedup_nfe"]
+                figures[prefix + "best_filter_accuracy"] = best["accuracy"]
+                figures[prefix + "best_filter_nfe_mean"] = best["nfe_mean"]
+                oracle = oracle_for(group, best)
+                if oracle:
+                    figures[prefix + "oracle"] = oracle["label"]
+                    figures[prefix + "best_filter_nfe_over_oracle"] = best["nfe_mean"] / oracle["nfe_mean"]
+            figures[prefix + "vanilla_accuracy"] = base["accuracy"]
+        found = rule_matches(group)
+        if found:
+            for family, checked in found.items():
+                figures[prefix + f"{family}_settings_matched"] = f"{sum(m for _, m in checked)}/{len(checked)}"
+            checked = [pair for pairs in found.values() for pair in pairs]
+            figures[prefix + "baseline_settings_matched"] = f"{sum(m for _, m in checked)}/{len(checked)}"
+            unmatched = [setting_name(r) for r, m in checked if not m]
+            if unmatched:
+                figures[prefix + "unmatched"] = ", ".join(unmatched)
     return figures
+
+
+def gen_lengths(figures: dict[str, Any]) -> list[int]:
+    return sorted({int(m.group(1)) for k in figures if (m := re.match(r"L(\d+)/", k))})
+
+
+def fraction(value: str) -> tuple[int, int]:
+    matched, total = value.split("/")
+    return int(matched), int(total)
+
+
+def summary_sentences(figures: dict[str, Any], tolerance: float) -> list[str]:
+    """The headline figures in plain words, one sentence per claim and gen length (for ``frontier.md``)."""
+    sentences = []
+    for gen_length in gen_lengths(figures):
+        f = {k.split("/", 1)[1]: v for k, v in figures.items() if k.startswith(f"L{gen_length}/")}
+        if "baseline_settings_matched" in f:
+            matched, total = fraction(f["baseline_settings_matched"])
+            families = [b for b in BASELINES if f"{b}_settings_matched" in f]
+            count = f"all {total}" if matched == total and total > 1 else f"{matched} of {total}"
+            split = ""
+            if len(families) > 1:
+                split = " (" + ", ".join(
+                    "{} {} of {}".format(b, *fraction(f[f"{b}_settings_matched"])) for b in families) + ")"
+            sentence = (f"Learned filter vs hand-tuned rules at gen length {gen_length}: {count} rule settings{split} "
+                        "are matched or beaten (no more forward passes, no lower accuracy, same EoTP and KV cache) "
+                        "by a filter setting")
+            sentences.append(sentence + (f"; not matched: {f['unmatched']}." if "unmatched" in f else "."))
+        if "vanilla_accuracy" in f:
+            near = f"within {100 * tolerance:g} points of vanilla ({100 * f['vanilla_accuracy']:.1f}%)"
+            if "best_filter" in f:
+                oracle = (f", {f['best_filter_nfe_over_oracle']:.2f}x the oracle's"
+                          if "best_filter_nfe_over_oracle" in f else "")
+                sentences.append(
+                    f"Best filter + EoTP {near} at gen length {gen_length}: {f['best_filter']}, "
+                    f"{100 * f['best_filter_accuracy']:.1f}% at {f['best_filter_nfe_mean']:.1f} forward passes "
+                    f"({f['best_filter_speedup_nfe']:.1f}x fewer than vanilla{oracle}).")
+            else:
+                sentences.append(f"No filter + EoTP setting at gen length {gen_length} is {near}.")
+    return sentences
+
+
+def plot_title(figures: dict[str, Any]) -> str:
+    """The plot's headline: one line per gen length, from the same figures as the sentences."""
+    lines = []
+    for gen_length in gen_lengths(figures):
+        f = {k.split("/", 1)[1]: v for k, v in figures.items() if k.startswith(f"L{gen_length}/")}
+        parts = []
+        if "baseline_settings_matched" in f:
+            parts.append("learned filter matches or beats {} of {} hand-tuned rule settings".format(
+                *fraction(f["baseline_settings_matched"])))
+        if "best_filter" in f:
+            parts.append(f"best filter + EoTP near vanilla: {f['best_filter_speedup_nfe']:.1f}x fewer forward "
+                         f"passes at {100 * f['best_filter_accuracy']:.1f}%")
+        elif "vanilla_accuracy" in f:
+            parts.append("no filter + EoTP setting near vanilla accuracy")
+        if parts:
+            lines.append(f"gen length {gen_length}: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -110,49 +262,108 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows({c: r.get(c) for c in COLUMNS} for r in rows)
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], sentences: list[str] | None = None) -> str:
     lines = ["| setting | accuracy | full match | NFE mean | NFE p50/p90 | speedup (NFE) | speedup (wall) | "
              "tokens/s | frontier |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = "**yes**" if r["frontier_nfe"] else ""
         lines.append(
-            f"| {r['label']} | {100 * r['accuracy']:.1f} | {100 * r['full_match']:.1f} | {r['nfe_mean']:.1f} | "
+            f"| {setting_name(r)} | {100 * r['accuracy']:.1f} | {100 * r['full_match']:.1f} | {r['nfe_mean']:.1f} | "
             f"{r['nfe_p50']:g}/{r['nfe_p90']:g} | {r['speedup_nfe']:.2f}x | {r['speedup_wall']:.2f}x | "
             f"{r['tokens_per_s']:.0f} | {mark} |"
         )
+    if sentences:
+        lines += ["", "## Headline", "", *(f"- {s}" for s in sentences)]
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def combine(parameters: list[str]) -> str:
+    """One annotation for settings drawn at one point: ``tau=0.5/0.7/0.9`` when they share a knob's name."""
+    unique = list(dict.fromkeys(p for p in parameters if p))
+    if len(unique) < 2:
+        return unique[0] if unique else ""
+
+    def order(p: str) -> tuple[int, float, str]:
+        value = p.split("=", 1)[-1]
+        try:
+            return 0, float(value), p
+        except ValueError:
+            return 1, 0.0, p
+
+    names = {p.split("=", 1)[0] for p in unique}
+    if len(names) == 1 and all("=" in p and ", " not in p for p in unique):
+        return f"{names.pop()}=" + "/".join(p.split("=", 1)[1] for p in sorted(unique, key=order))
+    return " / ".join(sorted(unique, key=order))
+
+
+def point_labels(points: list[dict[str, Any]], speed: str) -> list[tuple[float, float, str]]:
+    """The points of one series as drawn: those equal to 3 significant digits (speedup and accuracy) once, with
+    their parameters combined into one annotation, in the order given."""
+    drawn: dict[tuple[str, str], tuple[float, float, list[str]]] = {}
+    for p in points:
+        x, y = p[speed], 100 * p["accuracy"]
+        drawn.setdefault((f"{x:.3g}", f"{y:.3g}"), (x, y, []))[2].append(p["parameter"])
+    return [(x, y, combine(params)) for x, y, params in drawn.values()]
+
+
+def legend_order(series: tuple[str, bool, str]) -> tuple[int, str, bool, str]:
+    """The filter first, then the rules it is compared with, then the references."""
+    order = ("filter", *BASELINES, "vanilla", *ORACLES)
+    policy = series[0]
+    return (order.index(policy) if policy in order else len(order), *series)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Accuracy against NFE and wall-clock speedup, one row of panels per gen length: one line per policy, EoTP and
+    cache (dashed: without EoTP; hollow markers: with a KV cache), each point annotated with its parameter, the
+    Pareto frontier circled, and ``title`` (the headline in words) above."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     lengths = sorted({r["gen_length"] for r in rows})
-    fig, axes = plt.subplots(len(lengths), 2, figsize=(11, 4.2 * len(lengths)), squeeze=False)
+    fig, axes = plt.subplots(len(lengths), 2, figsize=(11, 4.2 * len(lengths) + 0.3 * bool(title)),
+                             squeeze=False, layout="constrained")
     for row_axes, gen_length in zip(axes, lengths):
         group = [r for r in rows if r["gen_length"] == gen_length]
-        for ax, axis, title in zip(row_axes, ("nfe", "wall"), ("NFE", "wall-clock")):
-            families = sorted({(r["policy"], r["eotp"], r["cache"]) for r in group})
-            for policy, eotp, cache in families:
+        for ax, axis, name in zip(row_axes, ("nfe", "wall"), ("NFE", "wall-clock")):
+            speed = f"speedup_{axis}"
+            series = sorted({(r["policy"], r["eotp"], r["cache"]) for r in group}, key=legend_order)
+            for policy, eotp, cache in series:
+                colour, marker, _ = STYLES.get(policy, OTHER_STYLE)
                 pts = sorted((r for r in group if (r["policy"], r["eotp"], r["cache"]) == (policy, eotp, cache)),
-                             key=lambda r: r[f"speedup_{axis}"])
-                name = policy + (" + EoTP" if eotp else "") + ("" if cache == "none" else f" + {cache} cache")
-                ax.plot([p[f"speedup_{axis}"] for p in pts], [100 * p["accuracy"] for p in pts], marker="o",
-                        linestyle="-" if eotp else "--", label=name)
-            front = sorted((r for r in group if r[f"frontier_{axis}"]), key=lambda r: r[f"speedup_{axis}"])
-            ax.plot([p[f"speedup_{axis}"] for p in front], [100 * p["accuracy"] for p in front], color="black",
+                             key=lambda r: r[speed])
+                drawn = point_labels(pts, speed)
+                learned = policy == "filter"
+                label = policy + (" + EoTP" if eotp else "") + ("" if cache == "none" else f" + {cache} cache")
+                ax.plot([x for x, _, _ in drawn], [y for _, y, _ in drawn], marker=marker, color=colour,
+                        markerfacecolor=colour if cache == "none" else "white", linestyle="-" if eotp else "--",
+                        linewidth=2 if learned else 1.2, markersize=8 if learned else 6, zorder=4 if learned else 2,
+                        label=label)
+            for policy in dict.fromkeys(policy for policy, _, _ in series):  # one annotation per point and family
+                colour, _, offset = STYLES.get(policy, OTHER_STYLE)
+                pts = sorted((r for r in group if r["policy"] == policy), key=lambda r: r[speed])
+                for x, y, text in point_labels(pts, speed):
+                    if text and math.isfinite(x):
+                        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=6,
+                                    color=colour, ha="left" if offset[0] > 0 else "right",
+                                    va="bottom" if offset[1] > 0 else "top", zorder=5)
+            front = sorted((r for r in group if r[f"frontier_{axis}"]), key=lambda r: r[speed])
+            ax.plot([p[speed] for p in front], [100 * p["accuracy"] for p in front], color="black",
                     linewidth=1, drawstyle="steps-post", zorder=0)
-            ax.scatter([p[f"speedup_{axis}"] for p in front], [100 * p["accuracy"] for p in front], s=140,
+            ax.scatter([p[speed] for p in front], [100 * p["accuracy"] for p in front], s=160,
                        facecolors="none", edgecolors="black", label="Pareto frontier", zorder=3)
-            ax.set_xscale("log")
-            ax.set_xlabel(f"speedup over vanilla ({title})")
+            if any(math.isfinite(r[speed]) for r in group):  # without a vanilla row there is no speedup
+                ax.set_xscale("log")
+            ax.set_xlabel(f"speedup over vanilla ({name})")
             ax.set_ylabel("exact-match accuracy (%)")
-            ax.set_title(f"gen length {gen_length}: accuracy vs {title} speedup")
+            ax.set_title(f"gen length {gen_length}: accuracy vs {name} speedup")
+            ax.margins(x=0.08, y=0.1)  # room for the annotations of the outermost points
             ax.grid(alpha=0.3)
-        row_axes[0].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
+        row_axes[0].legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -168,10 +379,11 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
     rows = frontier_rows(results)
 
     def compute(work: Path) -> dict[str, Any]:
+        figures = headline(rows, cfg.aggregate.tolerance)
         write_csv(rows, work / "frontier.csv")
-        (work / "frontier.md").write_text(markdown(rows))
-        plot(rows, work / "frontier.png")
-        return {"settings": len(rows), **headline(rows, cfg.aggregate.tolerance)}
+        (work / "frontier.md").write_text(markdown(rows, summary_sentences(figures, cfg.aggregate.tolerance)))
+        plot(rows, work / "frontier.png", plot_title(figures))
+        return {"settings": len(rows), **figures}
 
     artifact = ctx.store.materialize(spec, compute, force=ctx.forced("aggregate"),
                                      inputs={r.key: r for r in results})

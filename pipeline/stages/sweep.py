@@ -102,8 +102,12 @@ def evaluate(ctx: StageContext, setting: DecodeSettings) -> Artifact:
 def describe(setting: DecodeSettings | dict[str, Any]) -> str:
     s = setting if isinstance(setting, dict) else dataclasses.asdict(setting)
     parts = [s["policy"]]
-    if s["policy"] in ("threshold", "filter"):
-        parts.append(f"t={s['threshold']}")
+    if s["policy"] in ("threshold", "filter", "klass"):
+        parts.append(f"t={s['threshold'] if s['threshold'] is not None else 'validated'}")
+    if s["policy"] == "klass":
+        parts.append(f"kl={s['kl_bound']}")
+    if s["policy"] == "entropy_bounded":
+        parts.append(f"gamma={s['gamma']}")
     if s["policy"] == "factor":
         parts.append(f"f={s['factor']}" + (" ref" if s.get("factor_rule") == "reference" else ""))
     if s.get("eotp"):

@@ -6,11 +6,13 @@ from ``checkpoints/last.ckpt`` inside the artifact's work directory) and the val
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from omegaconf import DictConfig
 
 from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
@@ -25,69 +27,126 @@ CODE = ("pipeline/stages/train_filter.py", "pipeline/filter_training.py", "model
 SPEED_ONLY = ("val_every_n_epochs", "checkpoint_every_n_epochs")  # when to look and save, not what is learned
 
 
-def spec(ctx: StageContext) -> ArtifactSpec:
+def spec(ctx: StageContext, round_: int | None = None) -> ArtifactSpec:
+    """The filter trained on the oracle's trajectories and on-policy rounds 1..``round_`` (default: all of them)."""
+    rounds = ctx.cfg.trajectories.on_policy_rounds if round_ is None else round_
     train = {k: v for k, v in plain(ctx.cfg.train_filter).items() if k not in SPEED_ONLY}
     settings = {"filter": plain(ctx.cfg.filter), "train": train, "seed": ctx.cfg.seed}
-    return ArtifactSpec("train_filter", code_digest(CODE), settings, {"trajectories": trajectories.spec(ctx).key},
-                        ctx.labels())
+    if rounds:
+        settings["on_policy_rounds"] = rounds
+    inputs = {name: s.key for name, s in trajectory_specs(ctx, rounds).items()}
+    return ArtifactSpec("train_filter", code_digest(CODE), settings, inputs, ctx.labels())
 
 
-def ensure(ctx: StageContext, upstream: bool = False) -> Artifact:
-    """The trained filter, retrained when forced or when its trajectories changed since it was trained."""
-    s = spec(ctx)
+def trajectory_specs(ctx: StageContext, rounds: int) -> dict[str, ArtifactSpec]:
+    """The trajectories a filter of ``rounds`` on-policy rounds learns from: the oracle's, then each round's,
+    decoded with the filter of the round before."""
+    specs = {"trajectories": trajectories.spec(ctx)}
+    for r in range(1, rounds + 1):
+        specs[f"trajectories_round{r}"] = trajectories.spec(ctx, r, spec(ctx, r - 1).key)
+    return specs
+
+
+def ensure(ctx: StageContext, upstream: bool = False, round_: int | None = None) -> Artifact:
+    """The trained filter, retrained when forced or when its trajectories changed since it was trained.
+
+    With ``trajectories.on_policy_rounds=R`` (DAgger) the filter of round r-1 decodes the training prompts, the
+    states it visits are labelled against the reference outputs and added, and the filter is retrained; the
+    filter returned is round R's. Every round is an artifact of its own, so an interrupted run resumes.
+    """
+    rounds = ctx.cfg.trajectories.on_policy_rounds if round_ is None else round_
+    s = spec(ctx, rounds)
     existing = ctx.store.check_upstream(s, upstream and bool(ctx.cfg.reuse_only))
-    recorded = ctx.store.load(trajectories.spec(ctx))
-    if existing is not None and not ctx.forced("train_filter") and \
-            ctx.store.is_current(existing, {"trajectories": recorded}):
-        log.info("train_filter %s: complete, reusing %s (nothing to compute)", s.key, existing.path)
-        return existing
-    source = trajectories.ensure(ctx, upstream=True)
-    if source is None:
+    if existing is not None and not ctx.forced("train_filter"):
+        recorded = {name: ctx.store.load(t) for name, t in trajectory_specs(ctx, rounds).items()}
+        if ctx.store.is_current(existing, recorded):
+            log.info("train_filter %s: complete, reusing %s (nothing to compute)", s.key, existing.path)
+            return existing
+    base = trajectories.ensure(ctx, upstream=True)
+    if base is None:
         raise InputError(ctx.store.path(trajectories.spec(ctx)), "trajectories are incomplete (shards missing)",
                          "run the missing trajectories.shard array tasks before train_filter")
+    sources = {"trajectories": base}
+    for r in range(1, rounds + 1):
+        previous = ensure(ctx, upstream=True, round_=r - 1)
+        log.info("train_filter: on-policy round %d of %d: decoding the training prompts with %s", r, rounds,
+                 previous.key)
+        sources[f"trajectories_round{r}"] = trajectories.ensure(ctx, upstream=True,
+                                                                round_=trajectories.Round(r, previous, base))
     with tracking(ctx.cfg, "train_filter", s.key) as tracker, quiet_lightning():
-        artifact = ctx.store.materialize(s, lambda work: fit(ctx, source, work, tracker), force=True,
-                                         inputs={"trajectories": source})
+        artifact = ctx.store.materialize(s, lambda work: fit(ctx, list(sources.values()), work, tracker),
+                                         force=True, inputs=sources)
         tracker.summary(artifact.figures)
     return artifact
 
 
-def fit(ctx: StageContext, source: Artifact, work: Path, tracker) -> dict:
-    from pipeline.filter_training import FilterModule, TrajectoryDataModule
+def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict:
+    from pipeline.filter_training import (
+        FilterModule,
+        TrajectoryDataModule,
+        choose_threshold,
+        masked_predictions,
+        metrics_at,
+    )
 
     cfg, tf = ctx.cfg, ctx.cfg.train_filter
     L.seed_everything(cfg.seed, workers=True)
-    recorded = source.manifest["settings"]["features"]
-    block_length = source.manifest["settings"]["block_length"]
-    data = TrajectoryDataModule(source.path / "shards", recorded, list(cfg.filter.features), tf.batch_size, cfg.seed)
+    recorded = sources[0].manifest["settings"]["features"]
+    block_length = sources[0].manifest["settings"]["block_length"]
+    data = TrajectoryDataModule([a.path / "shards" for a in sources], recorded, list(cfg.filter.features),
+                                tf.batch_size, cfg.seed)
     data.setup()
-    log.info("train_filter: %s rows per split", data.sizes())
+    pos_weight = tf.pos_weight * (data.balanced_pos_weight(tf.loss_on) if tf.class_balance else 1.0)
+    log.info("train_filter: %s rows per split from %d trajectory round(s); positive weight %.4g", data.sizes(),
+             len(sources), pos_weight)
     filter_config = dict(block_length=block_length, features=list(cfg.filter.features),
                          num_layers=cfg.filter.num_layers, hidden_size=cfg.filter.hidden_size)
     module = FilterModule(filter_config, lr=tf.lr, weight_decay=tf.weight_decay, threshold=tf.threshold,
-                          loss_on=tf.loss_on, pos_weight=tf.pos_weight)
+                          loss_on=tf.loss_on, pos_weight=pos_weight)
     # One rolling checkpoint, last.ckpt, every checkpoint_every_n_epochs (Lightning's save_last alone writes
     # nothing until a top-k checkpoint is saved, so a killed run had nothing to resume from).
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=work / "checkpoints", filename="last", save_top_k=1, every_n_epochs=tf.checkpoint_every_n_epochs,
         save_on_train_epoch_end=True, enable_version_counter=False,
     )
+    callbacks: list[L.Callback] = [checkpoints]
+    best = None
+    if tf.early_stopping_patience is not None:  # stop when val/loss stops falling; keep the best epoch's weights
+        best = L.pytorch.callbacks.ModelCheckpoint(dirpath=work / "checkpoints", filename="best", monitor="val/loss",
+                                                   mode="min", save_top_k=1, enable_version_counter=False)
+        callbacks += [best, L.pytorch.callbacks.EarlyStopping(monitor="val/loss", mode="min",
+                                                              patience=tf.early_stopping_patience)]
     loggers = [L.pytorch.loggers.CSVLogger(work, name="logs", version=0)]
     if tracker.run is not None:
         loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
     trainer = L.Trainer(
         max_epochs=tf.max_epochs, accelerator="gpu" if ctx.device.type == "cuda" else "cpu", devices=1,
-        callbacks=[checkpoints], logger=loggers, enable_progress_bar=bool(cfg.progress),
+        callbacks=callbacks, logger=loggers, enable_progress_bar=bool(cfg.progress),
         check_val_every_n_epoch=tf.val_every_n_epochs, log_every_n_steps=1, default_root_dir=work,
         enable_model_summary=False,
     )
     last = resumable(work / "checkpoints" / "last.ckpt")
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last else None)
+    stopped = trainer.current_epoch
+    if best is not None and best.best_model_path:
+        module.load_state_dict(torch.load(best.best_model_path, map_location=module.device,
+                                          weights_only=False)["state_dict"])
     validation = {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
     test = {k: float(v) for k, v in trainer.test(module, datamodule=data, verbose=False)[0].items()}
-    module.network.save(work / "filter")
     figures = {**validation, **test, "parameters": sum(p.numel() for p in module.network.parameters()),
+               "epochs": stopped, "pos_weight": pos_weight, "rounds": len(sources),
                **{f"rows_{k}": v for k, v in data.sizes().items()}}
+    network = module.network.cpu().eval()
+    if tf.target_precision is not None:  # the decode threshold, chosen on validation and stored with the filter
+        chosen = choose_threshold(*masked_predictions(network, data.splits["val"]), tf.target_precision)
+        at_test = metrics_at(*masked_predictions(network, data.splits["test"]), chosen["threshold"])
+        network.config = dataclasses.replace(network.config, threshold=chosen["threshold"])
+        figures.update({f"validated/{k}": v for k, v in chosen.items()})
+        figures.update({f"validated/test_{k}": v for k, v in at_test.items()})
+        if chosen["recall"] == 0.0:
+            log.warning("train_filter: no threshold reaches precision %.3g on validation; the stored threshold "
+                        "1.0 accepts nothing", tf.target_precision)
+    network.save(work / "filter")
     (work / "metrics.json").write_text(json.dumps(figures, indent=2))
     log.info("train_filter: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
     return figures
@@ -95,8 +154,6 @@ def fit(ctx: StageContext, source: Artifact, work: Path, tracker) -> dict:
 
 def resumable(checkpoint: Path) -> Path | None:
     """The checkpoint a killed run left, if it loads (a kill while it was being written leaves it truncated)."""
-    import torch
-
     if not checkpoint.exists():
         return None
     try:

@@ -1,0 +1,97 @@
+"""An iterated non-linear map written out digit by digit: the embedded testbed where parallel decoding is hard.
+
+Prompt ``7:3141592653----------=`` (a start digit, then ``n`` input digits in a field of fixed width padded with
+``-``); answer ``4...``: one digit per input digit, ``x_k = (x_{k-1}^3 + d_k) mod 10`` with ``x_0`` the start
+digit. Cubing is a bijection on the last digit, so every step keeps all the information of the previous ones and
+no step can be computed without the one before it: a forward pass that sees ``x_{k-1}`` finds ``x_k`` with a
+100-entry lookup, but ``j`` masked steps ahead it must compose ``j`` lookups (there is no closed form, unlike the
+repeated addition of ``arith`` whose k-th total is ``start + k * step``). Committing many digits per step is
+therefore only safe right after the committed prefix, which a confidence rule cannot see but a learned policy
+given the distance to the nearest committed token can.
+
+The input field has a fixed width so that input digit ``k`` sits at a fixed offset from answer digit ``k`` and
+where the text ends (the first ``-``) is visible from the prompt; exact match compares the whole chain.
+Splits are disjoint by construction: a prompt's split is a hash bucket of its text.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import zlib
+
+from pipeline.errors import ConfigError
+from pipeline.tasks.base import Example, Task, check_split
+
+BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 20))}
+PAD = "-"
+
+
+def step(x: int, d: int) -> int:
+    """One step of the map: cube the previous digit, add the input digit, keep the last digit."""
+    return (x**3 + d) % 10
+
+
+class IteratedMap(Task):
+    name = "chain"
+    sizes_are_cheap = True
+
+    def __init__(self, min_length: int = 6, max_length: int = 32, seed: int = 0) -> None:
+        if not 1 <= min_length <= 60:
+            raise ConfigError("task.min_length", min_length, "allowed: 1 to 60")
+        if not min_length <= max_length <= 60:
+            raise ConfigError("task.max_length", max_length, f"allowed: task.min_length ({min_length}) to 60")
+        self.min_length, self.max_length, self.seed = min_length, max_length, seed
+
+    @staticmethod
+    def solve(start: int, digits: str) -> str:
+        out, x = [], start
+        for d in digits:
+            x = step(x, int(d))
+            out.append(str(x))
+        return "".join(out)
+
+    def prompt(self, start: int, digits: str) -> str:
+        return f"{start}:{digits.ljust(self.max_length, PAD)}="
+
+    def sample(self, rng: random.Random) -> Example:
+        start = rng.randrange(10)
+        n = rng.randint(self.min_length, self.max_length)
+        digits = "".join(str(rng.randrange(10)) for _ in range(n))
+        answer = self.solve(start, digits)
+        return Example(prompt=self.prompt(start, digits), answer=answer, final=answer)
+
+    def stream(self, split: str, seed_offset: int = 0):
+        """An endless seeded stream of examples from one split (pretraining reads this)."""
+        check_split(split)
+        rng = random.Random(f"chain:{self.seed}:{split}:{seed_offset}")
+        while True:
+            example = self.sample(rng)
+            if zlib.crc32(example.prompt.encode()) % 20 in BUCKETS[split]:
+                yield example
+
+    @functools.cache  # noqa: B019 - a handful of small task objects per process
+    def split_size(self, split: str) -> int:
+        """Distinct prompts of ``split``: counted when the prompt space is small, otherwise the split's share of
+        hash buckets times its size (the space then dwarfs any request)."""
+        check_split(split)
+        total = sum(10 * 10**n for n in range(self.min_length, self.max_length + 1))
+        if total > 200_000:
+            return total * len(BUCKETS[split]) // 20
+        return sum(
+            zlib.crc32(self.prompt(start, f"{value:0{n}d}").encode()) % 20 in BUCKETS[split]
+            for n in range(self.min_length, self.max_length + 1) for start in range(10) for value in range(10**n)
+        )
+
+    def examples(self, split: str, n: int) -> list[Example]:
+        """``n`` distinct prompts of ``split`` (the stream itself may repeat a prompt)."""
+        self.check_count(split, n)
+        seen: dict[str, Example] = {}
+        for example in self.stream(split):
+            seen.setdefault(example.prompt, example)
+            if len(seen) == n:
+                return list(seen.values())
+        raise AssertionError("unreachable: the stream is endless")
+
+    def extract_final(self, text: str) -> str | None:
+        return text.strip() or None
