@@ -27,27 +27,28 @@ BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 20))}
 PAD = "-"
 
 
-def step(x: int, d: int) -> int:
-    """One step of the map: cube the previous digit, add the input digit, keep the last digit."""
-    return (x**3 + d) % 10
+def step(x: int, d: int, power: int = 3) -> int:
+    """One step of the map: raise the previous digit to ``power``, add the input digit, keep the last digit."""
+    return (x**power + d) % 10
 
 
 class IteratedMap(Task):
     name = "chain"
     sizes_are_cheap = True
 
-    def __init__(self, min_length: int = 6, max_length: int = 32, seed: int = 0) -> None:
+    def __init__(self, min_length: int = 6, max_length: int = 32, power: int = 3, seed: int = 0) -> None:
         if not 1 <= min_length <= 60:
             raise ConfigError("task.min_length", min_length, "allowed: 1 to 60")
         if not min_length <= max_length <= 60:
             raise ConfigError("task.max_length", max_length, f"allowed: task.min_length ({min_length}) to 60")
-        self.min_length, self.max_length, self.seed = min_length, max_length, seed
+        if power not in (2, 3):
+            raise ConfigError("task.power", power, "allowed: 3 (cubing: a bijection on the last digit) or 2")
+        self.min_length, self.max_length, self.power, self.seed = min_length, max_length, power, seed
 
-    @staticmethod
-    def solve(start: int, digits: str) -> str:
+    def solve(self, start: int, digits: str) -> str:
         out, x = [], start
         for d in digits:
-            x = step(x, int(d))
+            x = step(x, int(d), self.power)
             out.append(str(x))
         return "".join(out)
 
