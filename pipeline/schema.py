@@ -71,6 +71,7 @@ class PretrainConfig:
     checkpoint_every: int = MISSING
     work_dir: str = MISSING
     save_to: str = MISSING
+    init_from: str | None = None
 
 
 @dataclass

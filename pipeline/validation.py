@@ -223,6 +223,9 @@ def check_pretrain(cfg: DictConfig, multirun: bool) -> None:
         raise ConfigError("pretrain.val_block_length", p.val_block_length,
                           f"allowed: a positive divisor of pretrain.val_gen_length ({p.val_gen_length})")
     build_task(cfg.task)
+    if p.init_from is not None and not (Path(p.init_from) / "config.json").is_file():
+        raise ConfigError("pretrain.init_from", p.init_from, "no saved model there; allowed: a folder written by "
+                                                             "stage=pretrain (config.json, model.safetensors) or null")
     check_writable(Path(p.work_dir), "pretrain.work_dir")
     check_writable(Path(p.save_to), "pretrain.save_to")
 

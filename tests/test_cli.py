@@ -78,6 +78,7 @@ BAD_SETTINGS = [
     ([MICRO, "+decode.threshold=0.5"], "Could not append to config. An item is already at 'decode.threshold'"),
     (["-m", MICRO, "stage=sweep", "decode=threshold", "decode.threshold=0.5,7"], "decode.threshold=7.0: allowed"),
     (["stage=pretrain", "pretrain.lr=0"], "pretrain.lr=0.0: allowed: a number > 0"),
+    (["stage=pretrain", "pretrain.init_from=/nonexistent"], "pretrain.init_from=/nonexistent: no saved model there"),
     ([MICRO, "output_dir=/etc/hostname/outputs"], "output_dir=/etc/hostname/outputs: /etc/hostname is not a folder"),
 ]
 
@@ -121,10 +122,10 @@ def test_help_lists_stages_experiments_and_policies():
     result = run_cli("--help")
     assert result.returncode == 0
     for word in ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "pretrain",
-                 "score_references", "experiment: dream_gsm8k_256, llada_gsm8k_1024, llada_gsm8k_256",
+                 "score_references", "experiment: dream_gsm8k_256, frontier_arith, frontier_arith_256",
                  "decode: egp, entropy_bounded, factor, filter, klass, threshold, vanilla",
                  "model: dream_7b_instruct, llada_1_5_8b",
-                 "task: arith, gsm8k, humaneval, jsonl, math, mbpp"):
+                 "task: arith, chain, gsm8k, humaneval, jsonl, math, mbpp", "train_filter: default, paper"):
         assert word in result.stdout
 
 
@@ -152,6 +153,16 @@ def test_pretraining_a_micro_model_for_a_few_steps_saves_a_loadable_model(tmp_pa
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stderr
+    other = tmp_path / "chain-model"
+    continued = run_cli(
+        "stage=pretrain", "task=chain", "model.name=micro-chain", f"output_dir={tmp_path}",
+        f"pretrain.save_to={other}", f"pretrain.init_from={save_to}", "pretrain.max_steps=2", "pretrain.batch_size=4",
+        "pretrain.architecture.hidden_size=16", "pretrain.architecture.num_hidden_layers=1",
+        "pretrain.architecture.num_attention_heads=2", "pretrain.architecture.intermediate_size=32",
+        "pretrain.val_every=100", "pretrain.val_prompts=4", "progress=false",
+    )
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    assert f"starting from the weights of {save_to}" in continued.stderr and (other / "config.json").exists()
 
 
 def test_evaluate_decodes_the_test_split_with_the_shipped_model(tmp_path):

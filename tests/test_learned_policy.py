@@ -27,10 +27,11 @@ def test_the_chosen_threshold_is_the_lowest_that_reaches_the_target_precision():
     assert nothing == {"threshold": 1.0, "precision": 1.0, "recall": 0.0}
 
 
-def test_the_iterated_map_is_written_digit_by_digit_and_each_step_is_a_bijection():
+def test_the_iterated_map_is_written_digit_by_digit_with_squares_or_cubes():
     task = IteratedMap(min_length=3, max_length=8)
-    assert sorted(step(x, 0) for x in range(10)) == list(range(10)), "cubing keeps every last digit distinct"
-    assert task.solve(7, "314") == "6" + str(step(6, 1)) + str(step(step(6, 1), 4))  # 7^3 + 3 = 346 -> 6
+    assert sorted(step(x, 0, power=3) for x in range(10)) == list(range(10)), "cubing keeps last digits distinct"
+    assert task.solve(7, "314") == "259"  # 49 + 3 -> 2; 4 + 1 -> 5; 25 + 4 -> 9
+    assert IteratedMap(power=3).solve(7, "314") == "677"  # 343 + 3 -> 6; 216 + 1 -> 7; 343 + 4 -> 7
     for example in task.examples("test", 20):
         start, digits = example.prompt.split(":")
         assert len(digits) == 8 + 1 and digits.endswith("=")  # a fixed-width field: digit k at a fixed offset

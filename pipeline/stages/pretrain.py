@@ -69,6 +69,11 @@ def pretrain(cfg: DictConfig) -> Path:
                         pad_token_id=tokenizer.pad_token_id)
     module = DiffusionPretraining(model_config, lr=pcfg.lr, weight_decay=pcfg.weight_decay,
                                   warmup_steps=pcfg.warmup_steps, max_steps=pcfg.max_steps)
+    if pcfg.init_from:  # continued pretraining: start from another embedded model's weights (same architecture)
+        from models import DiffusionLM
+
+        module.model.load_state_dict(DiffusionLM.from_pretrained(pcfg.init_from).state_dict())
+        log.info("starting from the weights of %s", pcfg.init_from)
     log.info("pretraining a %.2fM-parameter model", sum(p.numel() for p in module.parameters()) / 1e6)
     stream = PretrainStream(task, tokenizer, pcfg.batch_size, pcfg.windows, pcfg.window_weights, cfg.seed)
     loader = torch.utils.data.DataLoader(stream, batch_size=None)

@@ -1,13 +1,18 @@
 """An iterated non-linear map written out digit by digit: the embedded testbed where parallel decoding is hard.
 
 Prompt ``7:3141592653----------=`` (a start digit, then ``n`` input digits in a field of fixed width padded with
-``-``); answer ``4...``: one digit per input digit, ``x_k = (x_{k-1}^3 + d_k) mod 10`` with ``x_0`` the start
-digit. Cubing is a bijection on the last digit, so every step keeps all the information of the previous ones and
-no step can be computed without the one before it: a forward pass that sees ``x_{k-1}`` finds ``x_k`` with a
+``-``); answer: one digit per input digit, ``x_k = (x_{k-1}^2 + d_k) mod 10`` with ``x_0`` the start digit. No
+step can be computed without the one before it: a forward pass that sees ``x_{k-1}`` finds ``x_k`` with a
 100-entry lookup, but ``j`` masked steps ahead it must compose ``j`` lookups (there is no closed form, unlike the
 repeated addition of ``arith`` whose k-th total is ``start + k * step``). Committing many digits per step is
 therefore only safe right after the committed prefix, which a confidence rule cannot see but a learned policy
-given the distance to the nearest committed token can.
+given the distance to the committed text can.
+
+Why squares and not cubes (``power=3``, a bijection on the last digit, so no information is ever lost): with
+cubes the map is a Latin square, neither input alone says anything about the output, and a 1.3M-parameter model
+stayed at chance (10% per digit) for 2,500 pretraining steps, as on XOR-like problems. With squares the input
+digit alone already shifts the output's distribution, which gives the gradient a start: 48% per digit after 700
+steps.
 
 The input field has a fixed width so that input digit ``k`` sits at a fixed offset from answer digit ``k`` and
 where the text ends (the first ``-``) is visible from the prompt; exact match compares the whole chain.
@@ -27,7 +32,7 @@ BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 20))}
 PAD = "-"
 
 
-def step(x: int, d: int, power: int = 3) -> int:
+def step(x: int, d: int, power: int = 2) -> int:
     """One step of the map: raise the previous digit to ``power``, add the input digit, keep the last digit."""
     return (x**power + d) % 10
 
@@ -36,13 +41,13 @@ class IteratedMap(Task):
     name = "chain"
     sizes_are_cheap = True
 
-    def __init__(self, min_length: int = 6, max_length: int = 32, power: int = 3, seed: int = 0) -> None:
+    def __init__(self, min_length: int = 6, max_length: int = 32, power: int = 2, seed: int = 0) -> None:
         if not 1 <= min_length <= 60:
             raise ConfigError("task.min_length", min_length, "allowed: 1 to 60")
         if not min_length <= max_length <= 60:
             raise ConfigError("task.max_length", max_length, f"allowed: task.min_length ({min_length}) to 60")
         if power not in (2, 3):
-            raise ConfigError("task.power", power, "allowed: 3 (cubing: a bijection on the last digit) or 2")
+            raise ConfigError("task.power", power, "allowed: 2, or 3 (a bijection on the last digit; hard to learn)")
         self.min_length, self.max_length, self.power, self.seed = min_length, max_length, power, seed
 
     def solve(self, start: int, digits: str) -> str:
