@@ -148,7 +148,9 @@ def test_a_killed_stage_leaves_no_partial_artifact_and_the_rerun_finishes(tmp_pa
     (a,), (b,) = artifacts(killed, "trajectories"), artifacts(tmp_path / "clean", "trajectories")
     assert a.name == b.name
     figures = [json.loads((p / "manifest.json").read_text())["figures"] for p in (a, b)]
-    assert figures[0] == figures[1]
+    timing = ("seconds", "forward_seconds", "seconds_over_forward", "minutes_per_1000_prompts")  # differ per run
+    assert [{k: v for k, v in f.items() if k not in timing} for f in figures][0] == \
+        {k: v for k, v in figures[1].items() if k not in timing}
 
 
 def test_a_failed_computation_leaves_nothing_behind(tmp_path):

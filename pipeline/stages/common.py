@@ -26,7 +26,7 @@ DECODING_CODE = (
     "models/diffusion_lm.py", "pipeline/modeling.py", "pipeline/data.py", "pipeline/evaluation.py",
     "pipeline/decoding/loop.py", "pipeline/decoding/policies.py", "pipeline/decoding/features.py",
     "pipeline/decoding/schedule.py", "pipeline/decoding/settings.py", "pipeline/tasks/base.py",
-    "pipeline/tasks/arith.py", "pipeline/tasks/registry.py", "pipeline/tasks/gsm8k.py",
+    "pipeline/tasks/arith.py", "pipeline/tasks/chain.py", "pipeline/tasks/registry.py", "pipeline/tasks/gsm8k.py",
     "pipeline/tasks/minerva_math.py", "pipeline/tasks/code.py", "pipeline/tasks/jsonl.py", "pipeline/tasks/hub.py",
     "pipeline/sandbox.py", "models/families.py",
 )
