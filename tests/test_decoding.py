@@ -92,12 +92,15 @@ def test_a_filter_that_rejects_everything_is_vanilla_and_one_that_accepts_everyt
     assert accept.nfe.tolist() == [4, 4, 4]  # one step per block
 
 
-def test_factor_commits_more_with_a_larger_factor(micro_model, tokenizer):
+@pytest.mark.parametrize("strict,loose", [(Factor(0.01), Factor(100.0)), (EntropyBounded(0.0), EntropyBounded(1e6))],
+                         ids=["factor", "entropy_bounded"])
+def test_a_rule_commits_one_token_per_step_at_its_strictest_and_a_block_at_its_loosest(micro_model, tokenizer,
+                                                                                       strict, loose):
     prompts = prompts_for(tokenizer, 4)
     settings = DecodeSettings(gen_length=32, block_length=8)
-    small = decode(micro_model, prompts, Factor(0.01), settings, MASK, EOS)
-    large = decode(micro_model, prompts, Factor(100.0), settings, MASK, EOS)
-    assert small.nfe.tolist() == [32] * 4 and large.nfe.tolist() == [4] * 4
+    tight = decode(micro_model, prompts, strict, settings, MASK, EOS)
+    wide = decode(micro_model, prompts, loose, settings, MASK, EOS)
+    assert tight.nfe.tolist() == [32] * 4 and wide.nfe.tolist() == [4] * 4
 
 
 def test_random_remasking_and_sampling_are_seeded(micro_model, tokenizer):
@@ -312,14 +315,6 @@ def test_entropy_is_finite_where_the_mask_token_is_impossible():
     assert torch.isfinite(features).all()
     finite = probs[probs > 0]
     assert torch.allclose(features[0, 0, 1], -(finite * finite.log()).sum())
-
-
-def test_the_entropy_bounded_sampler_commits_more_with_a_larger_budget(micro_model, tokenizer):
-    prompts = prompts_for(tokenizer, 4)
-    settings = DecodeSettings(gen_length=32, block_length=8)
-    tight = decode(micro_model, prompts, EntropyBounded(0.0), settings, MASK, EOS)
-    loose = decode(micro_model, prompts, EntropyBounded(1e6), settings, MASK, EOS)
-    assert tight.nfe.tolist() == [32] * 4 and loose.nfe.tolist() == [4] * 4
 
 
 def test_the_step_history_measures_how_predictions_move():

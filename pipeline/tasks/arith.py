@@ -21,17 +21,13 @@ from __future__ import annotations
 
 import functools
 import random
-import zlib
 
 from pipeline.errors import ConfigError
-from pipeline.tasks.base import Example, Task, check_split
-
-BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 20))}
+from pipeline.tasks.base import Example, SampledTask, check_split
 
 
-class ChainedAddition(Task):
+class ChainedAddition(SampledTask):
     name = "arith"
-    sizes_are_cheap = True
 
     def __init__(self, min_steps: int = 1, max_steps: int = 4, max_operand: int = 99, seed: int = 0) -> None:
         if not 1 <= min_steps <= 9:
@@ -56,33 +52,14 @@ class ChainedAddition(Task):
         answer, final = self.solve(start, step, count)
         return Example(prompt=f"{start:03d}+{step:02d}*{count}=", answer=answer, final=final)
 
-    def stream(self, split: str, seed_offset: int = 0):
-        """An endless seeded stream of examples from one split (pretraining reads this)."""
-        check_split(split)
-        rng = random.Random(f"{self.seed}:{split}:{seed_offset}")
-        while True:
-            example = self.sample(rng)
-            if zlib.crc32(example.prompt.encode()) % 20 in BUCKETS[split]:
-                yield example
-
     @functools.cache  # noqa: B019 - a handful of small task objects per process
     def split_size(self, split: str) -> int:
         check_split(split)
         return sum(
-            zlib.crc32(f"{start:03d}+{step:02d}*{count}=".encode()) % 20 in BUCKETS[split]
+            self.in_split(f"{start:03d}+{step:02d}*{count}=", split)
             for start in range(1, self.max_operand + 1) for step in range(1, self.max_operand + 1)
             for count in range(self.min_steps, self.max_steps + 1)
         )
-
-    def examples(self, split: str, n: int) -> list[Example]:
-        """``n`` distinct prompts of ``split`` (the stream itself may repeat a prompt)."""
-        self.check_count(split, n)
-        seen: dict[str, Example] = {}
-        for example in self.stream(split):
-            seen.setdefault(example.prompt, example)
-            if len(seen) == n:
-                return list(seen.values())
-        raise AssertionError("unreachable: the stream is endless")
 
     def extract_final(self, text: str) -> str | None:
         if "#" not in text:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
@@ -80,3 +83,39 @@ class Task(ABC):
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ConfigError("split", split, f"allowed: {', '.join(SPLITS)}")
+
+
+class SampledTask(Task):
+    """A synthetic task drawn from a seeded generator: a prompt's split is a hash bucket of its text, so splits
+    are disjoint by construction, and ``n`` distinct prompts of a split are the first ``n`` its stream yields."""
+
+    BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 20))}
+    sizes_are_cheap = True
+    seed: int = 0
+    stream_prefix: str = ""  # namespaces the generator's seed per task
+
+    @abstractmethod
+    def sample(self, rng: random.Random) -> Example:
+        """One example drawn with ``rng``, from any split."""
+
+    def in_split(self, prompt: str, split: str) -> bool:
+        return zlib.crc32(prompt.encode()) % 20 in self.BUCKETS[split]
+
+    def stream(self, split: str, seed_offset: int = 0) -> Iterator[Example]:
+        """An endless seeded stream of examples from one split (pretraining reads this)."""
+        check_split(split)
+        rng = random.Random(f"{self.stream_prefix}{self.seed}:{split}:{seed_offset}")
+        while True:
+            example = self.sample(rng)
+            if self.in_split(example.prompt, split):
+                yield example
+
+    def examples(self, split: str, n: int) -> list[Example]:
+        """``n`` distinct prompts of ``split`` (the stream itself may repeat a prompt)."""
+        self.check_count(split, n)
+        seen: dict[str, Example] = {}
+        for example in self.stream(split):
+            seen.setdefault(example.prompt, example)
+            if len(seen) == n:
+                return list(seen.values())
+        raise AssertionError("unreachable: the stream is endless")

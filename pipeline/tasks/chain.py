@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import functools
 import random
-import zlib
 
 from pipeline.errors import ConfigError
-from pipeline.tasks.base import Example, Task, check_split
+from pipeline.tasks.base import Example, SampledTask, check_split
 
-BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 20))}
 PAD = "-"
 
 
@@ -37,9 +35,9 @@ def step(x: int, d: int, power: int = 2) -> int:
     return (x**power + d) % 10
 
 
-class IteratedMap(Task):
+class IteratedMap(SampledTask):
     name = "chain"
-    sizes_are_cheap = True
+    stream_prefix = "chain:"
 
     def __init__(self, min_length: int = 6, max_length: int = 32, power: int = 2, seed: int = 0) -> None:
         if not 1 <= min_length <= 60:
@@ -67,15 +65,6 @@ class IteratedMap(Task):
         answer = self.solve(start, digits)
         return Example(prompt=self.prompt(start, digits), answer=answer, final=answer)
 
-    def stream(self, split: str, seed_offset: int = 0):
-        """An endless seeded stream of examples from one split (pretraining reads this)."""
-        check_split(split)
-        rng = random.Random(f"chain:{self.seed}:{split}:{seed_offset}")
-        while True:
-            example = self.sample(rng)
-            if zlib.crc32(example.prompt.encode()) % 20 in BUCKETS[split]:
-                yield example
-
     @functools.cache  # noqa: B019 - a handful of small task objects per process
     def split_size(self, split: str) -> int:
         """Distinct prompts of ``split``: counted when the prompt space is small, otherwise the split's share of
@@ -83,21 +72,11 @@ class IteratedMap(Task):
         check_split(split)
         total = sum(10 * 10**n for n in range(self.min_length, self.max_length + 1))
         if total > 200_000:
-            return total * len(BUCKETS[split]) // 20
+            return total * len(self.BUCKETS[split]) // 20
         return sum(
-            zlib.crc32(self.prompt(start, f"{value:0{n}d}").encode()) % 20 in BUCKETS[split]
+            self.in_split(self.prompt(start, f"{value:0{n}d}"), split)
             for n in range(self.min_length, self.max_length + 1) for start in range(10) for value in range(10**n)
         )
-
-    def examples(self, split: str, n: int) -> list[Example]:
-        """``n`` distinct prompts of ``split`` (the stream itself may repeat a prompt)."""
-        self.check_count(split, n)
-        seen: dict[str, Example] = {}
-        for example in self.stream(split):
-            seen.setdefault(example.prompt, example)
-            if len(seen) == n:
-                return list(seen.values())
-        raise AssertionError("unreachable: the stream is endless")
 
     def extract_final(self, text: str) -> str | None:
         return text.strip() or None
