@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Start a real one-node Slurm cluster on this machine (munged + slurmctld + slurmd), for tests and for trying the
-# SLURM launcher presets without a cluster. Needs root and the Debian packages slurm-wlm and munge
-# (slurm/install.sh). No systemd and no cgroups are needed.
+# Start a real one-node Slurm cluster on this machine (munged, mariadbd + slurmdbd for accounting, slurmctld,
+# slurmd), for tests and for trying the launcher presets without a cluster. Needs root and the Debian packages
+# slurm-wlm, slurmdbd, mariadb-server and munge (slurm/install.sh). No systemd and no cgroups are needed.
+# With accounting, sacct and submitit see real job states (COMPLETED, FAILED, TIMEOUT, CANCELLED); without it
+# they read UNKNOWN.
 #
 #   slurm/start_local_cluster.sh [SCRATCH]     # SCRATCH: where config, state, logs and pids go (default: mktemp -d)
 #   export SLURM_CONF=SCRATCH/slurm.conf       # then sinfo, sbatch, srun and submitit talk to this cluster
@@ -16,7 +18,7 @@ PARTITION=local
 say() { echo "start_local_cluster: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-for binary in munged munge slurmctld slurmd sinfo sbatch; do
+for binary in munged munge slurmctld slurmd slurmdbd sacctmgr sinfo sbatch mariadbd mariadb-install-db; do
     command -v "$binary" >/dev/null 2>&1 || die "'$binary' not found: run slurm/install.sh (as root) first"
 done
 [ "$(id -u)" -eq 0 ] || die "must run as root (slurmd starts jobs as their users)"
@@ -27,10 +29,10 @@ scratch=$(cd "$scratch" && pwd)
 conf=$scratch/slurm.conf
 export SLURM_CONF=$conf
 
-alive() {  # PID is a live (not zombie) munged, slurmctld or slurmd
+alive() {  # PID is a live (not zombie) daemon of ours
     local stat
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ $stat =~ ^[0-9]+\ \((munged|slurmctld|slurmd)\)\ [^Z] ]]
+    [[ $stat =~ ^[0-9]+\ \((munged|mariadbd|slurmdbd|slurmctld|slurmd)\)\ [^Z] ]]
 }
 
 # Idempotent: a cluster already running from this scratch dir is left as it is.
@@ -69,11 +71,11 @@ wait_for_file() {
     return 1
 }
 
-free_port() {
+free_port() {  # a free TCP port on the loopback, other than the ones given
     local port
     for _ in $(seq 100); do
         port=$((20000 + RANDOM % 20000))
-        [ "$port" != "${1:-}" ] || continue
+        [[ " $* " != *" $port "* ]] || continue
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return 0; }
     done
     die "no free TCP port found"
@@ -104,6 +106,40 @@ node=$(sed -n 's/^NodeName=\([^ ]*\).*/\1/p' <<<"$node_line")
 [ -n "$node" ] || die "cannot parse 'slurmd -C': $node_line"
 ctld_port=$(free_port)
 slurmd_port=$(free_port "$ctld_port")
+db_port=$(free_port "$ctld_port" "$slurmd_port")
+dbd_port=$(free_port "$ctld_port" "$slurmd_port" "$db_port")
+
+# Accounting: a MariaDB of its own (fresh data dir, socket and loopback port in SCRATCH) behind slurmdbd.
+db=$scratch/mariadb
+rm -rf "$db"
+mkdir -p "$db"
+mariadb-install-db --no-defaults --datadir="$db/data" --user=root --auth-root-authentication-method=normal \
+    --skip-test-db >"$scratch/log/mariadb-install.log" 2>&1 || die "mariadb-install-db failed"
+mariadbd --no-defaults --datadir="$db/data" --user=root --bind-address=127.0.0.1 --port="$db_port" \
+    --socket="$db/mariadb.sock" --pid-file="$db/mariadbd.pid" --log-error="$scratch/log/mariadbd.log" \
+    --skip-name-resolve --innodb-buffer-pool-size=64M >/dev/null 2>&1 &
+wait_for_file "$db/mariadbd.pid" 30 || die "mariadbd did not start"
+for ((i = 0; i < 300; i++)); do [ -S "$db/mariadb.sock" ] && break; sleep 0.1; done
+[ -S "$db/mariadb.sock" ] || die "mariadbd does not listen"
+started+=("$(cat "$db/mariadbd.pid")")
+
+cat >"$scratch/slurmdbd.conf" <<EOF
+# Written by slurm/start_local_cluster.sh: accounting for the test cluster in $scratch
+AuthType=auth/munge
+AuthInfo=socket=$socket
+DbdAddr=127.0.0.1
+DbdHost=localhost
+DbdPort=$dbd_port
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$db_port
+StorageUser=root
+StorageLoc=slurm_acct_db
+PidFile=$scratch/slurmdbd.pid
+LogFile=$scratch/log/slurmdbd.log
+EOF
+chmod 600 "$scratch/slurmdbd.conf"  # slurmdbd refuses a config others can read
 
 cat >"$conf" <<EOF
 # Written by slurm/start_local_cluster.sh: a one-node test cluster; everything lives in $scratch
@@ -125,7 +161,11 @@ SlurmdLogFile=$scratch/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$dbd_port
+AccountingStoragePass=$socket
+KillWait=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
@@ -137,7 +177,16 @@ $node_line NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
 
-rm -f "$scratch/slurmctld.pid" "$scratch/slurmd.pid"
+# slurmdbd reads slurmdbd.conf beside $SLURM_CONF; the cluster is registered before slurmctld reports to it
+rm -f "$scratch/slurmdbd.pid" "$scratch/slurmctld.pid" "$scratch/slurmd.pid"
+slurmdbd
+wait_for_file "$scratch/slurmdbd.pid" 30 || die "slurmdbd did not start"
+started+=("$(cat "$scratch/slurmdbd.pid")")
+for ((i = 0; i < 50; i++)); do
+    sacctmgr -i add cluster learn2pd-local >/dev/null 2>&1 && break
+    sleep 0.2
+done
+sacctmgr -n -P list cluster format=cluster 2>/dev/null | grep -qx learn2pd-local || die "slurmdbd does not answer"
 slurmctld -f "$conf"
 wait_for_file "$scratch/slurmctld.pid" 15 || die "slurmctld did not start"
 started+=("$(cat "$scratch/slurmctld.pid")")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop a cluster started by slurm/start_local_cluster.sh: cancel its jobs, then end exactly the daemons listed in
-# SCRATCH/pids (a pid whose process is no longer munged, slurmctld or slurmd is left alone).
+# SCRATCH/pids (a pid whose process is no longer one of those daemons is left alone).
 #
 #   slurm/stop_local_cluster.sh SCRATCH
 set -uo pipefail
@@ -15,7 +15,7 @@ fi
 ours() {  # is PID still one of the daemons we started, alive (not a zombie, not a reused pid)?
     local stat
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ $stat =~ ^[0-9]+\ \((munged|slurmctld|slurmd)\)\ [^Z] ]]
+    [[ $stat =~ ^[0-9]+\ \((munged|mariadbd|slurmdbd|slurmctld|slurmd)\)\ [^Z] ]]
 }
 
 # Jobs of this cluster only (SLURM_CONF points at it): their slurmstepd processes outlive slurmd otherwise.
@@ -28,7 +28,7 @@ if [ -f "$scratch/slurm.conf" ] && command -v squeue >/dev/null 2>&1; then
     fi
 fi
 
-# Reverse start order: slurmd, slurmctld, munged.
+# Reverse start order: slurmd, slurmctld, slurmdbd, mariadbd, munged.
 mapfile -t pids < <(tac "$pids_file")
 for pid in "${pids[@]}"; do
     ours "$pid" && kill -TERM "$pid" 2>/dev/null
