@@ -12,9 +12,10 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import ConfigError
 
-STAGES = ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "score_references", "pretrain")
+STAGES = ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "score_references", "pretrain",
+          "status")
 UPSTREAM = {"trajectories": (), "train_filter": ("trajectories",), "sweep": ("train_filter",),
-            "aggregate": ("sweep",), "evaluate": (), "score_references": (), "pretrain": ()}
+            "aggregate": ("sweep",), "evaluate": (), "score_references": (), "pretrain": (), "status": ()}
 
 
 def is_multirun() -> bool:

@@ -160,12 +160,34 @@ class ReferencesConfig:
 
 
 @dataclass
+class LauncherConfig:
+    kind: str = "local"  # local | slurm (conf/launcher/*.yaml documents every setting)
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 240
+    gpus_per_node: int | None = None
+    cpus_per_task: int = 1
+    mem_gb: int = 8
+    array_parallelism: int = 16
+    setup: list[str] = field(default_factory=list)
+    folder: str = "${output_dir}/slurm/${experiment_name}"
+    max_requeues: int = 3
+    signal_delay_s: int = 90
+    sweep_tasks: int | None = None
+    additional: dict[str, Any] = field(default_factory=dict)
+    wait: bool = False
+    poll_s: float = 10.0
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: Any = MISSING  # each task's schema comes from its constructor (pipeline/tasks/registry.py)
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     filter: FilterConfig = field(default_factory=FilterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     stage: str = MISSING
     experiment_name: str = MISSING

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +31,7 @@ LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
 TRAJECTORY_POLICIES = ("egp", "vanilla")
 LOSS_ON = ("all", "masked")
+LAUNCHERS = ("local", "slurm")
 MODEL_STAGES = ("trajectories", "sweep", "aggregate", "evaluate")  # stages that may load the model
 
 
@@ -38,6 +40,7 @@ def validate(cfg: DictConfig, multirun: bool = False) -> list[str]:
     if cfg.stage not in STAGES:
         raise ConfigError("stage", cfg.stage, f"allowed: {', '.join(STAGES)}")
     check_common(cfg)
+    check_launcher(cfg, multirun)
     stages = stages_to_run(cfg, multirun)
     if set(stages) & set(MODEL_STAGES):
         check_model(cfg)
@@ -66,6 +69,32 @@ def check_common(cfg: DictConfig) -> None:
     if cfg.logger.kind == "wandb":
         one_of(cfg.logger.mode, "logger.mode", LOGGER_MODES)
     check_writable(Path(cfg.output_dir), "output_dir")
+
+
+def check_launcher(cfg: DictConfig, multirun: bool) -> None:
+    la = cfg.launcher
+    one_of(la.kind, "launcher.kind", LAUNCHERS)
+    if la.kind == "local":
+        return
+    if multirun:
+        raise ConfigError("launcher", la.kind, "launcher=slurm submits the experiment's whole DAG itself; for a "
+                                               "Hydra multirun use hydra/launcher=slurm_gpu (or slurm_local)")
+    for setting in ("time_min", "cpus_per_task", "mem_gb", "array_parallelism"):
+        at_least(cfg, f"launcher.{setting}", 1)
+    for setting in ("max_requeues", "signal_delay_s"):
+        at_least(cfg, f"launcher.{setting}", 0)
+    for setting in ("sweep_tasks", "gpus_per_node"):
+        if OmegaConf.select(cfg, f"launcher.{setting}") is not None:
+            at_least(cfg, f"launcher.{setting}", 1)
+    if la.poll_s <= 0:
+        raise ConfigError("launcher.poll_s", la.poll_s, "allowed: a number of seconds > 0")
+    if la.signal_delay_s >= la.time_min * 60:
+        raise ConfigError("launcher.signal_delay_s", la.signal_delay_s,
+                          f"allowed: less than launcher.time_min ({la.time_min} min) in seconds")
+    check_writable(Path(la.folder), "launcher.folder")
+    if cfg.stage != "status" and shutil.which("sbatch") is None:
+        raise ConfigError("launcher", la.kind, "sbatch is not on PATH: submit from a machine of the cluster, or use "
+                                               "launcher=local")
 
 
 def check_writable(path: Path, setting: str) -> None:

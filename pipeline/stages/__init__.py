@@ -15,5 +15,9 @@ def run_stage(cfg: DictConfig) -> object:
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    if cfg.launcher.kind == "slurm" and cfg.stage != "status":
+        from pipeline.cluster import submit
+
+        return submit(cfg)
     module = importlib.import_module(f"pipeline.stages.{cfg.stage}")
     return module.run(cfg)

@@ -57,13 +57,25 @@ def collect(ctx: StageContext, upstream: bool) -> list[Artifact]:
         # evaluate() reuses a complete result unless its filter or references changed since it was computed
         reuse_only = upstream and bool(ctx.cfg.reuse_only)
         found[spec.key] = ctx.store.check_upstream(spec, True) if reuse_only else sweep.evaluate(ctx, setting)
-    identity, task = model_identity(ctx.cfg.model), plain(ctx.cfg.task)
-    for artifact in ctx.store.all("sweep"):
-        s = artifact.manifest["settings"]
-        if (artifact.manifest["labels"].get("experiment") == ctx.cfg.experiment_name and s["model"] == identity
-                and s["task"] == task and s["split"] == ctx.cfg.sweep.split):
-            found.setdefault(artifact.key, artifact)
+    for artifact in labelled(ctx):
+        found.setdefault(artifact.key, artifact)
     return list(found.values())
+
+
+def labelled(ctx: StageContext) -> list[Artifact]:
+    """Complete sweep results of this experiment's model, task and split, planned or not (e.g. multirun jobs)."""
+    identity, task = model_identity(ctx.cfg.model), plain(ctx.cfg.task)
+    return [artifact for artifact in ctx.store.all("sweep")
+            if artifact.manifest["labels"].get("experiment") == ctx.cfg.experiment_name
+            and artifact.manifest["settings"]["model"] == identity and artifact.manifest["settings"]["task"] == task
+            and artifact.manifest["settings"]["split"] == ctx.cfg.sweep.split]
+
+
+def spec(ctx: StageContext, result_keys: list[str]) -> ArtifactSpec:
+    """The frontier of these sweep results."""
+    return ArtifactSpec("aggregate", code_digest(CODE), {"results": sorted(set(result_keys)),
+                                                         "tolerance": ctx.cfg.aggregate.tolerance},
+                        labels=ctx.labels())
 
 
 def number(value: Any) -> str:
@@ -373,8 +385,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
     results = collect(ctx, upstream=True)
     if not results:
         raise RuntimeError(f"no sweep results for experiment {cfg.experiment_name!r}; run stage=sweep first")
-    spec = ArtifactSpec("aggregate", code_digest(CODE), {"results": sorted(r.key for r in results),
-                                                         "tolerance": cfg.aggregate.tolerance}, labels=ctx.labels())
+    frontier = spec(ctx, [r.key for r in results])
 
     rows = frontier_rows(results)
 
@@ -385,7 +396,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
         plot(rows, work / "frontier.png", plot_title(figures))
         return {"settings": len(rows), **figures}
 
-    artifact = ctx.store.materialize(spec, compute, force=ctx.forced("aggregate"),
+    artifact = ctx.store.materialize(frontier, compute, force=ctx.forced("aggregate"),
                                      inputs={r.key: r for r in results})
     with tracking(cfg, "aggregate", artifact.key) as tracker:
         tracker.log_table("frontier/table", [{c: r[c] for c in COLUMNS} for r in rows])

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 
+from pipeline import preemption
 from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
 from pipeline.errors import InputError
 from pipeline.stages import trajectories
@@ -116,6 +118,13 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
                                                    mode="min", save_top_k=1, enable_version_counter=False)
         callbacks += [best, L.pytorch.callbacks.EarlyStopping(monitor="val/loss", mode="min",
                                                               patience=tf.early_stopping_patience)]
+    plugins = []
+    snapshot = preemption.EpochSnapshot(work / "checkpoints" / "last.ckpt")
+    if preemption.in_slurm_job():
+        # The job wrapper owns the preemption signal and asks the snapshot to save; Lightning's own SLURM requeue
+        # handler stays off, so exactly one side acts on it.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        callbacks.append(snapshot)
     loggers = [L.pytorch.loggers.CSVLogger(work, name="logs", version=0)]
     if tracker.run is not None:
         loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
@@ -123,10 +132,11 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
         max_epochs=tf.max_epochs, accelerator="gpu" if ctx.device.type == "cuda" else "cpu", devices=1,
         callbacks=callbacks, logger=loggers, enable_progress_bar=bool(cfg.progress),
         check_val_every_n_epoch=tf.val_every_n_epochs, log_every_n_steps=1, default_root_dir=work,
-        enable_model_summary=False,
+        enable_model_summary=False, plugins=plugins,
     )
     last = resumable(work / "checkpoints" / "last.ckpt")
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last else None)
+    with preemption.saver(snapshot.save):
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last else None)
     stopped = trainer.current_epoch
     if best is not None and best.best_model_path:
         module.load_state_dict(torch.load(best.best_model_path, map_location=module.device,
