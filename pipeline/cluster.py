@@ -289,6 +289,10 @@ def wait(cfg: DictConfig, record: dict[str, Any]) -> None:
     report(summary)
     if any(node["failures"] for node in summary):
         sys.exit(1)
+    frontier = [Path(row["results"]) / "frontier.md" for row in record["nodes"] if row["name"] == "aggregate"]
+    if frontier and frontier[0].exists():
+        print(frontier[0].read_text())
+        print(f"frontier table: {frontier[0]}")
 
 
 def report(summary: list[dict[str, Any]]) -> None:

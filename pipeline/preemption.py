@@ -49,7 +49,7 @@ class EpochSnapshot(L.Callback):
         self.path, self.state = path, None
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.state = copy.deepcopy(trainer._checkpoint_connector.dump_checkpoint())
+        self.state = copy.deepcopy(trainer._checkpoint_connector.dump_checkpoint(weights_only=False))
 
     def save(self) -> None:
         if self.state is None:

@@ -1,4 +1,6 @@
-"""A sweep submitted through Hydra's submitit launcher to a real one-node Slurm cluster (slurm/*.sh).
+"""The pipeline on a real one-node Slurm cluster with accounting (slurm/*.sh): Hydra multirun sweeps through the
+submitit launcher, and the whole DAG through ``launcher=slurm_local`` (submission, status, failures, requeues,
+time limits).
 
 The fixture installs Slurm when it is missing (slurm/install.sh, needs root and apt), starts a cluster of its own in
 a tmp dir and stops exactly the daemons it started; nothing here is skipped.
@@ -6,6 +8,7 @@ a tmp dir and stops exactly the daemons it started; nothing here is skipped.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -49,7 +52,7 @@ def daemons_alive(scratch: Path) -> list[int]:
 
 def test_the_cluster_is_up_and_a_second_start_leaves_it_alone(slurm_cluster):
     pids = (slurm_cluster / "pids").read_text().split()
-    assert len(pids) == 3 and len(daemons_alive(slurm_cluster)) == 3
+    assert len(pids) == 5 and len(daemons_alive(slurm_cluster)) == 5  # munged, mariadbd, slurmdbd, ctld, slurmd
     again = subprocess.run(["bash", str(SLURM_SCRIPTS / "start_local_cluster.sh"), str(slurm_cluster)],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
@@ -58,6 +61,9 @@ def test_the_cluster_is_up_and_a_second_start_leaves_it_alone(slurm_cluster):
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%P %T"], env=slurm_env(slurm_cluster), capture_output=True,
                            text=True, timeout=30)
     assert nodes.stdout.split() == ["local*", "idle"]
+    accounting = subprocess.run(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"],
+                                env=slurm_env(slurm_cluster), capture_output=True, text=True, timeout=30)
+    assert accounting.stdout.split() == ["learn2pd-local"], accounting.stderr
 
 
 def test_missing_slurm_binaries_are_reported_with_the_fix(tmp_path):
@@ -114,3 +120,235 @@ def job_states(scratch: Path, array_id: str, wait_s: float = 30) -> dict[str, st
         if time.monotonic() > deadline or not {"PENDING", "RUNNING", "COMPLETING"} & set(states.values()):
             return states
         time.sleep(0.5)
+
+
+def test_a_multirun_job_that_raises_is_failed_on_slurm(slurm_cluster, tmp_path, project_root):
+    """Hydra's run_job swallows the exception; the callback makes the job exit non-zero, so Slurm says FAILED."""
+    bad = tmp_path / "bad-filter"
+    bad.mkdir()
+    (bad / "filter.json").write_text(json.dumps({"block_length": 8, "features": ["confidence"], "num_layers": 2,
+                                                 "hidden_size": None}))
+    (bad / "filter.safetensors").write_bytes(b"not a safetensors file")
+    submitit = tmp_path / "submitit"
+    args = ["-m", "+experiment=micro", "stage=sweep", "decode=filter", f"decode.filter_path={bad}",
+            "decode.threshold=0.6,0.85", f"output_dir={tmp_path}", "logger=none", "progress=false",
+            "hydra/launcher=slurm_local", f"hydra.launcher.submitit_folder={submitit}"]
+    result = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT,
+                            env=slurm_env(slurm_cluster), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "SafetensorError" in result.stderr
+    array_id = re.search(r"JobEnvironment\(job_id=(\d+)_", next(submitit.glob("*_log.out")).read_text()).group(1)
+    assert accounted_states(slurm_cluster, array_id) == {f"{array_id}_0": "FAILED", f"{array_id}_1": "FAILED"}
+
+
+def accounted_states(scratch: Path, job_id: str, wait_s: float = 60) -> dict[str, str]:
+    """Job (or array task) -> state as accounting records it (sacct), once no task is pending or running."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        shown = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", job_id],
+                               env=slurm_env(scratch), capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0, shown.stderr
+        states = dict(line.split("|") for line in shown.stdout.split())
+        states = {job: state.split()[0] for job, state in states.items()}
+        if states and (time.monotonic() > deadline or not {"PENDING", "RUNNING", "REQUEUED"} & set(states.values())):
+            return states
+        time.sleep(1)
+
+
+# ---- launcher=slurm: the whole DAG ------------------------------------------------------------------------------
+
+WALL_CLOCK = {"speedup_wall", "tokens_per_s", "wall_time_s", "frontier_wall"}
+
+
+def pipeline(scratch: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args, "logger=none", "progress=false"],
+                          cwd=PROJECT_ROOT, env=slurm_env(scratch), capture_output=True, text=True, timeout=timeout)
+
+
+def frontier(output_dir: Path) -> list[dict[str, str]]:
+    """The frontier table without its wall-clock columns (timings differ between any two runs)."""
+    (path,) = (output_dir / "artifacts" / "aggregate").glob("*/frontier.csv")
+    with open(path) as handle:
+        return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in csv.DictReader(handle)]
+
+
+def record(output_dir: Path, experiment: str = "micro") -> dict:
+    return json.loads((output_dir / "slurm" / experiment / "latest.json").read_text())
+
+
+def job_of(output_dir: Path, node: str) -> str:
+    return next(row["job_id"] for row in record(output_dir)["nodes"] if row["name"] == node)
+
+
+# The micro experiment with a sweep long enough to interrupt and filter training long enough to preempt; the
+# cluster runs below are compared with this local run of the same settings.
+MICRO = ["+experiment=micro", "sweep.num_prompts=96", "train_filter.max_epochs=1000",
+         "train_filter.early_stopping_patience=null"]
+
+
+@pytest.fixture(scope="module")
+def local_micro(tmp_path_factory, slurm_cluster) -> Path:
+    out = tmp_path_factory.mktemp("local")
+    result = pipeline(slurm_cluster, *MICRO, f"output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_the_dag_on_slurm_gives_the_local_frontier_and_is_never_resubmitted(slurm_cluster, local_micro, tmp_path):
+    started = time.monotonic()
+    result = pipeline(slurm_cluster, *MICRO, "launcher=slurm_local", "launcher.wait=true", "launcher.poll_s=1",
+                      f"output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(f"micro DAG on Slurm: {time.monotonic() - started:.1f} s")
+    nodes = {row["name"]: row for row in record(tmp_path)["nodes"]}
+    assert list(nodes) == ["trajectories", "train_filter", "sweep", "sweep_filter", "aggregate"]
+    assert nodes["train_filter"]["after"] == ["trajectories"] and nodes["sweep"]["after"] == []
+    assert nodes["sweep_filter"]["after"] == ["train_filter"]
+    assert nodes["aggregate"]["after"] == ["sweep", "sweep_filter"]
+    for row in nodes.values():  # printed: job id, log path and where the results land
+        assert f"job {row['job_id']}" in result.stdout and row["results"] in result.stdout
+        assert set(accounted_states(slurm_cluster, row["job_id"]).values()) == {"COMPLETED"}
+    assert frontier(tmp_path) == frontier(local_micro)
+    assert "frontier table:" in result.stdout
+
+    again = pipeline(slurm_cluster, *MICRO, "launcher=slurm_local", f"output_dir={tmp_path}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "everything is complete; nothing was submitted" in again.stdout
+    status = pipeline(slurm_cluster, *MICRO, "stage=status", "launcher=slurm_local", f"output_dir={tmp_path}")
+    assert status.returncode == 0, status.stderr[-3000:]
+    for name, row in nodes.items():  # the jobs that made each artifact, still known
+        assert re.search(rf"{name}\s+complete", status.stdout)
+        assert re.search(rf"{name}\s+job {row['job_id']}\s+\d+ COMPLETED", status.stdout), status.stdout
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_reported_and_its_dependents_never_start(slurm_cluster, tmp_path):
+    """A corrupt trajectory shard on the shared disk: the trajectories job raises, Slurm records FAILED, everything
+    after it is cancelled without starting, and status names the job, its log and the error."""
+    from pipeline.stages import trajectories
+    from pipeline.stages.common import StageContext
+    from tests.conftest import compose_config
+
+    ctx = StageContext(compose_config(["+experiment=micro", f"output_dir={tmp_path}"]))
+    shard = ctx.store.work_dir(trajectories.spec(ctx)) / "shards" / "shard-00000-of-00001"
+    shard.mkdir(parents=True)
+    (shard / "data-00000-of-00001.arrow").write_bytes(b"garbage")
+    (shard / "dataset_info.json").write_text("{}")
+    (shard / "state.json").write_text("{not json")
+
+    result = pipeline(slurm_cluster, "+experiment=micro", "launcher=slurm_local", "launcher.wait=true",
+                      "launcher.poll_s=1", f"output_dir={tmp_path}")
+    assert result.returncode == 1, result.stderr[-3000:]
+    job = job_of(tmp_path, "trajectories")
+    assert accounted_states(slurm_cluster, job) == {job: "FAILED"}
+    for node in ("train_filter", "sweep_filter", "aggregate"):
+        assert set(accounted_states(slurm_cluster, job_of(tmp_path, node)).values()) == {"CANCELLED"}
+        assert not list((tmp_path / "slurm" / "micro" / "jobs").glob(f"{job_of(tmp_path, node)}_*log.err"))
+    assert set(accounted_states(slurm_cluster, job_of(tmp_path, "sweep")).values()) == {"COMPLETED"}
+
+    status = pipeline(slurm_cluster, "+experiment=micro", "stage=status", "launcher=slurm_local",
+                      f"output_dir={tmp_path}")
+    log_file = tmp_path / "slurm" / "micro" / "jobs" / f"{job}_0_log.err"
+    assert f"{job} FAILED: " in status.stdout and f"log: {log_file}" in status.stdout
+    error = re.search(rf"{job} FAILED: (.*)", status.stdout).group(1)
+    assert "Error" in error and not error.startswith("srun:")
+    assert re.search(r"trajectories\s+missing", status.stdout)
+
+
+def wait_for(predicate, timeout_s: float = 120, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def wait_until_ended(scratch: Path, job: str, timeout_s: float = 300) -> dict[str, str]:
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job], env=slurm_env(scratch), capture_output=True,
+                                        text=True).stdout.strip(), timeout_s, f"job {job} to end")
+    return accounted_states(scratch, job)
+
+
+def attempts(scratch: Path, job: str) -> list[str]:
+    """Every run of a job, requeued ones included (sacct --duplicates)."""
+    shown = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-o", "State", "-j", job], env=slurm_env(scratch),
+                           capture_output=True, text=True, timeout=30)
+    return [line.split()[0] for line in shown.stdout.split("\n") if line.strip()]
+
+
+def sweep_metrics(out: Path) -> dict[str, dict]:
+    """Result key -> metrics of every sweep result, without timings."""
+    found = {}
+    for path in (out / "artifacts" / "sweep").glob("*/result.json"):
+        metrics = json.loads(path.read_text())["metrics"]
+        found[path.parent.name] = {k: v for k, v in metrics.items()
+                                   if k not in ("wall_time_s", "tokens_per_s", "forward_seconds")}
+    return found
+
+
+@pytest.mark.slow
+def test_a_requeued_sweep_skips_finished_settings_and_ends_as_a_local_run(slurm_cluster, local_micro, tmp_path):
+    """``scontrol requeue`` while the sweep's one task is past its first setting: the rerun reuses what was
+    finished and the results equal the local run's."""
+    rules = "sweep.grid=[{policy:vanilla},{policy:egp},{policy:threshold,threshold:[0.9]}]"
+    result = pipeline(slurm_cluster, *MICRO, "stage=sweep", rules, "launcher.sweep_tasks=1", "launcher=slurm_local",
+                      f"output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    job = job_of(tmp_path, "sweep")
+    wait_for(lambda: len(list((tmp_path / "artifacts" / "sweep").glob("*/result.json"))) >= 1, 180,
+             "a first sweep result")
+    subprocess.run(["scontrol", "requeue", job], env=slurm_env(slurm_cluster), check=True, timeout=30)
+    assert wait_until_ended(slurm_cluster, job) == {job: "COMPLETED"}
+    assert attempts(slurm_cluster, job)[0] == "REQUEUED"
+
+    log_text = (tmp_path / "slurm" / "micro" / "jobs" / f"{job}_0_log.err").read_text()
+    runs = log_text.split("pipeline.cluster][INFO] - sweep job:")
+    assert len(runs) == 3, "one log section per run"
+    assert "complete, reusing vanilla" in runs[2]
+    cluster = sweep_metrics(tmp_path)
+    assert len(cluster) == 3
+    assert cluster == {key: metrics for key, metrics in sweep_metrics(local_micro).items() if key in cluster}
+
+
+def filter_files(out: Path) -> dict[str, bytes]:
+    (folder,) = (out / "artifacts" / "train_filter").glob("*/filter")
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.slow
+def test_a_preempted_filter_training_saves_resumes_and_learns_the_same_filter(slurm_cluster, local_micro, tmp_path):
+    """Preemption as submitit sees it (USR2): the job saves its last finished epoch, requeues itself, and the
+    rerun resumes there; the filter is byte-identical to the uninterrupted local run's."""
+    result = pipeline(slurm_cluster, *MICRO, "stage=train_filter", "launcher=slurm_local", f"output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    job = job_of(tmp_path, "train_filter")
+    partial = tmp_path / "artifacts" / "train_filter"
+    wait_for(lambda: list(partial.glob("*.partial/checkpoints/last.ckpt")), 180, "a first checkpoint")
+    subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env(slurm_cluster), check=True, timeout=30)
+    assert wait_until_ended(slurm_cluster, job) == {job: "COMPLETED"}
+    assert attempts(slurm_cluster, job)[0] == "REQUEUED"
+    log_text = (tmp_path / "slurm" / "micro" / "jobs" / f"{job}_0_log.err").read_text()
+    saved = int(re.search(r"preempted: saved the state after epoch (\d+)", log_text).group(1))
+    assert 0 < saved < 1000
+    assert re.search(rf"resuming from \S+last.ckpt \(after epoch {saved}\)", log_text)
+    assert filter_files(tmp_path) == filter_files(local_micro)
+
+
+@pytest.mark.slow
+def test_a_job_reaching_its_time_limit_is_requeued_and_finishes(slurm_cluster, tmp_path):
+    """A 2-minute limit with the signal a minute before it (slurmctld checks limits every 30 s, so it comes
+    30-60 s into the run): the job saves, requeues itself with a fresh limit, and the training finishes."""
+    run = ["+experiment=micro", "stage=train_filter", "train_filter.early_stopping_patience=null",
+           "train_filter.max_epochs=20000", "train_filter.val_every_n_epochs=1000",
+           "train_filter.checkpoint_every_n_epochs=1000", "launcher=slurm_local", "launcher.time_min=2",
+           "launcher.signal_delay_s=60", "launcher.max_requeues=5", f"output_dir={tmp_path}"]
+    result = pipeline(slurm_cluster, *run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    job = job_of(tmp_path, "train_filter")
+    assert wait_until_ended(slurm_cluster, job, 900) == {job: "COMPLETED"}
+    assert "REQUEUED" in attempts(slurm_cluster, job)
+    log_text = (tmp_path / "slurm" / "micro" / "jobs" / f"{job}_0_log.err").read_text()
+    assert "this job is timed-out" in log_text
+    assert re.search(r"resuming from \S+last.ckpt \(after epoch [1-9]\d*\)", log_text)
+    metrics = json.loads(next((tmp_path / "artifacts" / "train_filter").glob("*/metrics.json")).read_text())
+    assert metrics["epochs"] == 20000
