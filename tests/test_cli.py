@@ -80,6 +80,14 @@ BAD_SETTINGS = [
     (["stage=pretrain", "pretrain.lr=0"], "pretrain.lr=0.0: allowed: a number > 0"),
     (["stage=pretrain", "pretrain.init_from=/nonexistent"], "pretrain.init_from=/nonexistent: no saved model there"),
     ([MICRO, "output_dir=/etc/hostname/outputs"], "output_dir=/etc/hostname/outputs: /etc/hostname is not a folder"),
+    ([MICRO, "launcher=pbs"], "launcher=pbs: no such option; allowed: local, slurm, slurm_local"),
+    ([MICRO, "launcher.kind=pbs"], "launcher.kind=pbs: allowed: local, slurm"),
+    ([MICRO, "launcher=slurm_local", "launcher.time_min=0"], "launcher.time_min=0: allowed: an integer >= 1"),
+    ([MICRO, "launcher=slurm_local", "launcher.sweep_tasks=0"], "launcher.sweep_tasks=0: allowed: an integer >= 1"),
+    ([MICRO, "launcher=slurm_local", "launcher.signal_delay_s=600"],
+     "launcher.signal_delay_s=600: allowed: less than launcher.time_min (10 min) in seconds"),
+    (["-m", MICRO, "stage=sweep", "launcher=slurm_local", "decode=threshold", "decode.threshold=0.5,0.7"],
+     "launcher=slurm: launcher=slurm submits the experiment's whole DAG itself; for a Hydra multirun use"),
 ]
 
 
@@ -180,3 +188,10 @@ def test_reuse_only_refuses_to_compute_a_missing_upstream_in_one_line(tmp_path, 
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: ") and "reuse_only=true forbids computing it" in line
     assert not list(tmp_path.glob("artifacts/*/*/manifest.json"))
+
+
+def test_launcher_slurm_without_slurm_says_where_to_submit_from(tmp_path):
+    result = run_cli(MICRO, "launcher=slurm", f"output_dir={tmp_path / 'out'}", env={"PATH": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: launcher=slurm: sbatch is not on PATH: submit from a machine of the "
+                                    "cluster, or use launcher=local"), result.stderr
