@@ -347,7 +347,7 @@ def test_a_job_reaching_its_time_limit_is_requeued_and_finishes(slurm_cluster, t
     job = job_of(tmp_path, "train_filter")
     again = pipeline(slurm_cluster, *run)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"job {job} (1 task(s), queued earlier)" in again.stdout, "a queued job is not submitted twice"
+    assert re.search(rf"job {job} \(1 task\(s\), queued earlier", again.stdout), "a queued job is not submitted twice"
     assert job_of(tmp_path, "train_filter") == job
     assert wait_until_ended(slurm_cluster, job, 900) == {job: "COMPLETED"}
     assert "REQUEUED" in attempts(slurm_cluster, job)
