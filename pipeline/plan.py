@@ -13,9 +13,10 @@ from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import ConfigError
 
 STAGES = ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "score_references", "pretrain",
-          "status")
+          "benchmark", "status")
 UPSTREAM = {"trajectories": (), "train_filter": ("trajectories",), "sweep": ("train_filter",),
-            "aggregate": ("sweep",), "evaluate": (), "score_references": (), "pretrain": (), "status": ()}
+            "aggregate": ("sweep",), "evaluate": (), "score_references": (), "pretrain": (),
+            "benchmark": ("train_filter",), "status": ()}
 
 
 def is_multirun() -> bool:
@@ -75,12 +76,13 @@ def stages_to_run(cfg: DictConfig, multirun: bool) -> list[str]:
     if cfg.stage == "all":
         return ["trajectories", "train_filter", "sweep", "aggregate"]
     wanted, order = {cfg.stage}, []
-    for stage in ("aggregate", "sweep", "train_filter", "trajectories", "evaluate", "score_references", "pretrain"):
+    for stage in ("aggregate", "benchmark", "sweep", "train_filter", "trajectories", "evaluate", "score_references",
+                  "pretrain"):
         if stage not in wanted:
             continue
         order.insert(0, stage)
         upstream = set(UPSTREAM[stage])
-        if stage == "sweep" and not trains_filter(sweep_settings(cfg, multirun)):
+        if stage in ("sweep", "benchmark") and not trains_filter(sweep_settings(cfg, multirun)):
             upstream = set()
         wanted |= upstream
     return order

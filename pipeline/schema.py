@@ -148,6 +148,14 @@ class AggregateConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    split: str = MISSING
+    num_prompts: int = MISSING
+    warmup: int = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
 class EvalConfig:
     split: str = MISSING
     num_prompts: int = MISSING
@@ -202,6 +210,7 @@ class Config:
     train_filter: TrainFilterConfig = field(default_factory=TrainFilterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     references: ReferencesConfig = field(default_factory=ReferencesConfig)
 

@@ -32,7 +32,7 @@ LOGGER_MODES = ("offline", "online", "disabled")
 TRAJECTORY_POLICIES = ("egp", "vanilla")
 LOSS_ON = ("all", "masked")
 LAUNCHERS = ("local", "slurm")
-MODEL_STAGES = ("trajectories", "sweep", "aggregate", "evaluate")  # stages that may load the model
+MODEL_STAGES = ("trajectories", "sweep", "aggregate", "evaluate", "benchmark")  # stages that may load the model
 
 
 def validate(cfg: DictConfig, multirun: bool = False) -> list[str]:
@@ -219,6 +219,15 @@ def check_aggregate(cfg: DictConfig, multirun: bool) -> None:
         raise ConfigError("aggregate.tolerance", cfg.aggregate.tolerance, "allowed: a number in [0, 1)")
 
 
+def check_benchmark(cfg: DictConfig, multirun: bool) -> None:
+    check_sweep(cfg, multirun)  # the benchmark times the sweep's grid
+    check_task_split(cfg, "benchmark.split", "benchmark.num_prompts")
+    at_least(cfg, "benchmark.batch_size", 1)
+    if not 0 <= cfg.benchmark.warmup <= cfg.benchmark.num_prompts:
+        raise ConfigError("benchmark.warmup", cfg.benchmark.warmup,
+                          f"allowed: 0 to benchmark.num_prompts ({cfg.benchmark.num_prompts})")
+
+
 def check_evaluate(cfg: DictConfig, multirun: bool) -> None:
     settings = decode_settings(cfg).validate()
     check_task_split(cfg, "eval.split", "eval.num_prompts")
@@ -261,4 +270,4 @@ def check_pretrain(cfg: DictConfig, multirun: bool) -> None:
 
 CHECKS = {"trajectories": check_trajectories, "train_filter": check_train_filter, "sweep": check_sweep,
           "aggregate": check_aggregate, "evaluate": check_evaluate, "score_references": check_score_references,
-          "pretrain": check_pretrain}
+          "pretrain": check_pretrain, "benchmark": check_benchmark}

@@ -295,6 +295,34 @@ def test_caches_are_exact_for_a_one_layer_model_and_complete_for_deeper_ones(mic
     assert not (deep.tokens == MASK).any()
 
 
+@pytest.mark.parametrize("cache,later_length", [("none", None), ("prefix", "to the end"), ("dual", 8)])
+def test_cached_steps_run_shorter_sequences(micro_model, tokenizer, cache, later_length):
+    """Without a cache every step runs prompt + window; with one, only a block's first step does, and the others
+    run from the block on (prefix) or the block alone (dual)."""
+    lengths: list[tuple[int, int]] = []  # (sequence length, where the cached part ends) of every forward pass
+    hook = micro_model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append((kwargs["input_ids"].shape[1] if "input_ids" in kwargs
+                                                     else args[0].shape[1], kwargs.get("past_offset", 0))),
+        with_kwargs=True)
+    try:
+        prompt = prompts_for(tokenizer, 1)
+        out = decode(micro_model, prompt, Vanilla(), DecodeSettings(gen_length=32, block_length=8, cache=cache),
+                     MASK, EOS)
+    finally:
+        hook.remove()
+    full = len(prompt[0]) + 32
+    assert len(lengths) == int(out.nfe[0]) == 32
+    firsts = [lengths[i] for i in range(0, 32, 8)]
+    others = [length for i, length in enumerate(lengths) if i % 8]
+    assert all(length == full for length, _ in firsts)
+    if later_length is None:
+        assert all(length == full for length, _ in others)
+    elif later_length == "to the end":
+        assert all(length == full - offset and offset >= len(prompt[0]) for length, offset in others)
+    else:
+        assert all(length == later_length for length, _ in others)
+
+
 def test_a_cache_on_a_model_without_support_is_refused(tokenizer):
     class Plain(torch.nn.Module):
         def forward(self, input_ids, **_):

@@ -1,0 +1,155 @@
+"""Stage ``benchmark``: wall-clock speed as the papers report it, for every setting of the experiment's grid.
+
+In one process and on the same test prompts, each setting (policy x cache x EoTP x gen length) is warmed up, then
+timed at batch size 1 (per-prompt latency p50/p90, tokens per second, and the share of time spent outside the
+model's forward passes: the loop's own overhead) and at ``benchmark.batch_size`` (throughput). Ratios are against
+vanilla decoding without a cache at the same gen length. Writes ``benchmark.json`` and ``benchmark.md`` and prints
+the table; the oracle's reference outputs are computed once per gen length, outside the timings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
+from pipeline.data import encode_prompt
+from pipeline.decoding.policies import build_policy
+from pipeline.decoding.settings import DecodeSettings
+from pipeline.evaluation import reference_outputs, run_decode, summarize
+from pipeline.plan import expand_grid, trains_filter
+from pipeline.stages import train_filter
+from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain
+from pipeline.stages.sweep import describe, vanilla_of
+from pipeline.tracking import tracking
+
+log = logging.getLogger(__name__)
+CODE = (*DECODING_CODE, "models/filter.py", "pipeline/stages/benchmark.py")
+
+
+def settings_of(ctx: StageContext) -> list[DecodeSettings]:
+    """The grid's settings, with vanilla without a cache added for each gen length (the reference of the ratios)."""
+    settings = expand_grid(ctx.cfg)
+    for setting in list(settings):
+        base = vanilla_of(setting).replace(cache="none")
+        if base.identity() not in [s.identity() for s in settings]:
+            settings.insert(0, base)
+    return settings
+
+
+def spec(ctx: StageContext, settings: list[DecodeSettings]) -> ArtifactSpec:
+    b = ctx.cfg.benchmark
+    inputs = {"filter": train_filter.spec(ctx).key} if trains_filter(settings) else {}
+    return ArtifactSpec("benchmark", code_digest(CODE), {
+        "settings": [s.identity() for s in settings], "model": model_identity(ctx.cfg.model),
+        "task": plain(ctx.cfg.task), "split": b.split, "num_prompts": b.num_prompts, "warmup": b.warmup,
+        "batch_size": b.batch_size, "device": ctx.device.type, "threads": torch.get_num_threads(),
+    }, inputs, ctx.labels())
+
+
+def measure(ctx: StageContext, setting: DecodeSettings, examples: list, prompts: list[list[int]],
+            references: torch.Tensor | None) -> dict[str, Any]:
+    """One setting: warm-up, batch-1 latency and overhead, then batched throughput."""
+    loaded, b = ctx.loaded, ctx.cfg.benchmark
+    policy = build_policy(setting, loaded.device)
+    one = setting.replace(batch_size=1)
+    if b.warmup:
+        run_decode(loaded, prompts[: b.warmup], policy, one, None if references is None else references[: b.warmup])
+    single = run_decode(loaded, prompts, policy, one, references)
+    batched = run_decode(loaded, prompts, policy, setting.replace(batch_size=b.batch_size), references)
+    result = summarize(loaded, ctx.task, examples, single)
+    tokens = sum(row["tokens"] for row in result["rows"])
+    latency = sorted(single.sample_seconds)
+    return {
+        "label": describe(setting), "policy": setting.policy, "cache": setting.cache, "eotp": setting.eotp,
+        "gen_length": setting.gen_length, "accuracy": result["metrics"]["accuracy"],
+        "nfe_mean": result["metrics"]["nfe_mean"],
+        "latency_p50_s": statistics.median(latency), "latency_p90_s": latency[min(len(latency) - 1,
+                                                                                 int(0.9 * len(latency)))],
+        "tokens_per_s_batch1": tokens / single.wall_time,
+        f"tokens_per_s_batch{b.batch_size}": tokens / batched.wall_time,
+        "overhead_batch1": 1.0 - single.forward_seconds / single.wall_time,
+        "same_outputs_batched": bool(torch.equal(single.tokens, batched.tokens)),
+        "setting": dataclasses.asdict(setting),
+    }
+
+
+def with_ratios(rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    """Each row's speed over vanilla without a cache at its gen length."""
+    for row in rows:
+        base = next(r for r in rows if r["policy"] == "vanilla" and r["cache"] == "none" and not r["eotp"]
+                    and r["gen_length"] == row["gen_length"])
+        row["latency_speedup"] = base["latency_p50_s"] / row["latency_p50_s"]
+        row["tokens_per_s_ratio_batch1"] = row["tokens_per_s_batch1"] / base["tokens_per_s_batch1"]
+        key = f"tokens_per_s_batch{batch_size}"
+        row[f"tokens_per_s_ratio_batch{batch_size}"] = row[key] / base["tokens_per_s_batch1"]
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], batch_size: int, device: str) -> str:
+    lines = [f"Batch-1 latency and throughput on {device}; ratios against vanilla without a cache (batch 1).", "",
+             f"| setting | accuracy | NFE | latency p50 / p90 (ms) | tokens/s (b=1) | tokens/s (b={batch_size}) | "
+             f"speedup (latency) | speedup (tokens/s, b=1) | speedup (tokens/s, b={batch_size}) | overhead (b=1) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {100 * r['accuracy']:.1f}% | {r['nfe_mean']:.1f} | {1000 * r['latency_p50_s']:.1f} / "
+            f"{1000 * r['latency_p90_s']:.1f} | {r['tokens_per_s_batch1']:.0f} | "
+            f"{r[f'tokens_per_s_batch{batch_size}']:.0f} | {r['latency_speedup']:.2f}x | "
+            f"{r['tokens_per_s_ratio_batch1']:.2f}x | {r[f'tokens_per_s_ratio_batch{batch_size}']:.2f}x | "
+            f"{100 * r['overhead_batch1']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
+    ctx = ctx or StageContext(cfg)
+    settings, b = settings_of(ctx), cfg.benchmark
+    trained = train_filter.ensure(ctx, upstream=True) if trains_filter(settings) else None
+    if trained is not None:
+        settings = [s.replace(filter_path=str(trained.path / "filter")) if s.policy == "filter" and not s.filter_path
+                    else s for s in settings]
+    s = spec(ctx, settings)
+
+    def compute(work: Path) -> dict[str, Any]:
+        examples = ctx.task.examples(b.split, b.num_prompts)
+        prompts = [encode_prompt(ctx.loaded.tokenizer, ex.prompt, ctx.task.chat_template) for ex in examples]
+        references: dict[tuple, torch.Tensor] = {}
+        rows = []
+        for setting in settings:
+            refs = None
+            if setting.needs_references:
+                window = (setting.gen_length, setting.block_length, setting.steps)
+                if window not in references:
+                    references[window] = reference_outputs(ctx.loaded, prompts, setting).tokens
+                refs = references[window]
+            rows.append(measure(ctx, setting, examples, prompts, refs))
+            r = rows[-1]
+            log.info("benchmark %s: accuracy %.3f, NFE %.1f, latency p50 %.1f ms, %.0f tokens/s at batch 1, "
+                     "overhead %.1f%%", r["label"], r["accuracy"], r["nfe_mean"], 1000 * r["latency_p50_s"],
+                     r["tokens_per_s_batch1"], 100 * r["overhead_batch1"])
+        rows = with_ratios(rows, b.batch_size)
+        (work / "benchmark.json").write_text(json.dumps(rows, indent=2))
+        (work / "benchmark.md").write_text(markdown(rows, b.batch_size, describe_device(ctx)))
+        return {"settings": len(rows), "device": describe_device(ctx)}
+
+    inputs = {"filter": trained} if trained is not None else {}
+    artifact = ctx.store.materialize(s, compute, force=ctx.forced("benchmark"), inputs=inputs)
+    rows = json.loads((artifact.path / "benchmark.json").read_text())
+    with tracking(cfg, "benchmark", artifact.key) as tracker:
+        tracker.log_table("benchmark/table", [{k: v for k, v in r.items() if k != "setting"} for r in rows])
+    print((artifact.path / "benchmark.md").read_text())
+    print(f"benchmark table: {artifact.path / 'benchmark.md'}")
+    return artifact
+
+
+def describe_device(ctx: StageContext) -> str:
+    if ctx.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(ctx.device)} ({ctx.loaded.model.dtype})"
+    return f"CPU, {torch.get_num_threads()} thread(s) ({ctx.loaded.model.dtype})"
