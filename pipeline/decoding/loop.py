@@ -61,7 +61,7 @@ def check_prompts(prompts: Sequence[Sequence[int]], gen_length: int, max_context
                               f"of {max_context}; allowed: prompt length + gen_length <= {max_context}")
 
 
-@torch.no_grad()
+@torch.inference_mode()  # lighter than no_grad: no version counters or view tracking per op
 def generate_batch(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -101,9 +101,13 @@ def generate_batch(
     ends = torch.tensor(sorted({eos_id, *end_ids}), device=device)
     forward = clock or ForwardClock(device)
 
+    columns = torch.arange(total, device=device)
     for block in range(settings.num_blocks):
         start = prompt_len + block * width
-        schedule = vanilla_schedule((x[:, start : start + width] == mask_id).sum(-1), steps)
+        mask_count = (x[:, start : start + width] == mask_id).sum(-1)
+        if not bool(mask_count.any()):  # every sample cut before this block (EoTP): nothing to decode
+            continue
+        schedule = vanilla_schedule(mask_count, steps)
         history = StepHistory(n, width, device) if track_history or policy.uses_history else None
         step = 0
         while True:
@@ -112,7 +116,7 @@ def generate_batch(
                 break
             if step == 0 or settings.cache == "none":
                 end = max(int(seq_end[rows].max()), start + width)  # the whole block is queried; cut keys hidden
-                keys = attention[rows, :end] & (torch.arange(end, device=device)[None, :] < seq_end[rows, None])
+                keys = attention[rows, :end] & (columns[None, :end] < seq_end[rows, None])
                 out = forward(model, x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end],
                             **({"return_cache": True} if settings.cache != "none" else {}))
                 logits = out.logits[:, start : start + width].float()
@@ -121,7 +125,7 @@ def generate_batch(
             else:  # Fast-dLLM caches: refreshed at the block's first step, reused (stale) for the others
                 past = cache.select(torch.searchsorted(cache_rows, rows))
                 stop = end if settings.cache == "prefix" else start + width
-                keys = attention[rows, :end] & (torch.arange(end, device=device)[None, :] < seq_end[rows, None])
+                keys = attention[rows, :end] & (columns[None, :end] < seq_end[rows, None])
                 out = forward(model, x[rows, start:stop], attention_mask=keys, position_ids=positions[rows, start:stop],
                               past=past, past_offset=start)
                 logits = out.logits[:, :width].float()
@@ -149,7 +153,8 @@ def generate_batch(
                 refs = None if references is None else references[rows]
                 _cut_after_predicted_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, ends, eos_id,
                                          mask_id, refs)
-            if settings.eotp:
+            # a cut moves only when an end-of-text was committed now (or placed by the predicted rule above)
+            if settings.eotp and (settings.eotp_rule == "learn2pd" or bool((commit & torch.isin(tokens, ends)).any())):
                 _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id)
             step += 1
     return x[:, prompt_len:].cpu(), nfe

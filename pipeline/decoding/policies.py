@@ -143,13 +143,13 @@ class LearnedFilter(Policy):
         self.uses_history = bool(set(self.features) & set(HISTORY_FEATURES))
         self.threshold = check_probability(threshold, "decode.threshold")
         self.steps_per_block = steps_per_block
+        self.param = next(self.network.parameters(), None)  # where and in what dtype the filter runs
 
     @torch.no_grad()
     def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
         features = block_features(view, self.features, self.steps_per_block)
-        param = next(self.network.parameters(), None)
-        if param is not None:
-            features = features.to(device=param.device, dtype=param.dtype)
+        if self.param is not None:
+            features = features.to(device=self.param.device, dtype=self.param.dtype)
         accept = torch.sigmoid(self.network(features).float()).to(view.masked.device) > self.threshold
         scheduled = top_k_mask(view.scores, view.masked, view.k)
         return (view.masked & accept) | scheduled, view.predicted
