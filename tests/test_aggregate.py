@@ -262,7 +262,8 @@ def test_the_drawn_figure_has_its_headline_labels_and_styles(rows, figures, tmp_
     (fig,) = drawn
     assert fig.get_suptitle() == aggregate.plot_title(figures)
     nfe, wall = fig.axes
-    assert nfe.get_xlabel() == "speedup over vanilla (NFE)" and wall.get_xlabel() == "speedup over vanilla (wall-clock)"
+    assert nfe.get_xlabel() == "speedup over vanilla (NFE)"
+    assert wall.get_xlabel() == "speedup over vanilla (wall-clock: batched wall time (sweep))"
     texts = sorted(t.get_text() for t in nfe.texts)
     assert texts == sorted(["tau=0.9", "tau=0.97", "tau=0.5/0.7", "tau=validated", "tau=0.9", "tau=0.9", "tau=0.5",
                             "tau=0.3", "f=1.0", "gamma=0.1", "tau=0.9, kl<=0.01"])
@@ -273,3 +274,19 @@ def test_the_drawn_figure_has_its_headline_labels_and_styles(rows, figures, tmp_
     assert len(lines["filter + EoTP"].get_xdata()) == 3, "the two coinciding filter settings are drawn once"
     assert [t.get_text() for t in nfe.get_legend().get_texts()][:2] == ["filter", "filter + EoTP"]
     plt.close(fig)
+
+
+def test_the_wall_clock_axis_uses_the_benchmarks_batch1_latency_where_it_timed_every_setting():
+    results = [result("vanilla L=64", "vanilla", 0.93, 64.0), result("egp L=64", "egp", 0.93, 4.3),
+               result("vanilla L=256", "vanilla", 0.90, 256.0, gen_length=256),
+               result("egp L=256", "egp", 0.90, 9.0, gen_length=256)]
+    key = aggregate.identity_key
+    latency = {key(r.manifest["settings"]["decode"]): speedup
+               for r, speedup in zip(results[:3], (1.0, 9.5, 1.0))}  # the 256 oracle was not benchmarked
+    rows = {r["label"]: r for r in aggregate.frontier_rows(results, latency)}
+    assert rows["egp L=64"]["speedup_wall"] == 9.5
+    assert rows["egp L=64"]["wall_source"] == "batch-1 latency (stage=benchmark)"
+    assert rows["egp L=256"]["speedup_wall"] == pytest.approx(256.0 / 9.0)  # the sweep's batched wall time
+    assert rows["vanilla L=256"]["wall_source"] == "batched wall time (sweep)"
+    text = aggregate.markdown(list(rows.values()))
+    assert "gen length 64: batch-1 latency (stage=benchmark)" in text

@@ -14,6 +14,7 @@ does not, and how close the fastest filter setting that keeps vanilla's accuracy
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import re
@@ -23,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
+from pipeline.decoding.settings import DecodeSettings
 from pipeline.plan import expand_grid
 from pipeline.stages import sweep
 from pipeline.stages.common import StageContext, model_identity, plain
@@ -72,10 +74,31 @@ def labelled(ctx: StageContext) -> list[Artifact]:
 
 
 def spec(ctx: StageContext, result_keys: list[str]) -> ArtifactSpec:
-    """The frontier of these sweep results."""
+    """The frontier of these sweep results (and of the experiment's latest benchmark, for the wall-clock axis)."""
+    timed = latest_benchmark(ctx)
     return ArtifactSpec("aggregate", code_digest(CODE), {"results": sorted(set(result_keys)),
                                                          "tolerance": ctx.cfg.aggregate.tolerance},
-                        labels=ctx.labels())
+                        {"benchmark": timed.key} if timed else {}, labels=ctx.labels())
+
+
+def latest_benchmark(ctx: StageContext) -> Artifact | None:
+    """The experiment's most recent ``stage=benchmark`` result for this model and task, if any."""
+    identity, task = model_identity(ctx.cfg.model), plain(ctx.cfg.task)
+    found = [a for a in ctx.store.all("benchmark") if a.manifest["labels"].get("experiment") == ctx.cfg.experiment_name
+             and a.manifest["settings"]["model"] == identity and a.manifest["settings"]["task"] == task]
+    return max(found, key=lambda a: (a.path / "benchmark.json").stat().st_mtime, default=None)
+
+
+def identity_key(decode: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in decode.items() if k != "filter_path"}, sort_keys=True)
+
+
+def batch1_speedups(timed: Artifact | None) -> dict[str, float]:
+    """Decode identity -> batch-1 latency speedup over vanilla without a cache, from a benchmark artifact."""
+    if timed is None:
+        return {}
+    rows = json.loads((timed.path / "benchmark.json").read_text())
+    return {identity_key(DecodeSettings(**row["setting"]).identity()): row["latency_speedup"] for row in rows}
 
 
 def number(value: Any) -> str:
@@ -107,7 +130,10 @@ def setting_name(row: dict[str, Any]) -> str:
     return row["label"] if all(v in shown for v in values) else f"{row['label']} ({row['parameter']})"
 
 
-def frontier_rows(results: list[Artifact]) -> list[dict[str, Any]]:
+def frontier_rows(results: list[Artifact], latency: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """One row per result. The wall-clock speedup is the benchmark's batch-1 latency ratio where a benchmark
+    timed every setting of a gen length (``wall_source``), else the sweep's batched wall time."""
+    latency = latency or {}
     rows = []
     for artifact in results:
         decode, m = artifact.manifest["settings"]["decode"], artifact.figures
@@ -118,14 +144,19 @@ def frontier_rows(results: list[Artifact]) -> list[dict[str, Any]]:
             "threshold": decode.get("threshold", decode.get("factor")), "gen_length": decode["gen_length"],
             "accuracy": m["accuracy"], "full_match": m["full_match"], "nfe_mean": m["nfe_mean"],
             "nfe_p50": m["nfe_p50"], "nfe_p90": m["nfe_p90"], "tokens_per_s": m["tokens_per_s"],
-            "wall_time_s": m["wall_time_s"], "key": artifact.key,
+            "wall_time_s": m["wall_time_s"], "key": artifact.key, "identity": identity_key(decode),
         })
     for gen_length in {r["gen_length"] for r in rows}:
         group = [r for r in rows if r["gen_length"] == gen_length]
         base = vanilla(group)
+        timed = all(r["identity"] in latency for r in group)
         for r in group:
             r["speedup_nfe"] = base["nfe_mean"] / r["nfe_mean"] if base else float("nan")
-            r["speedup_wall"] = base["wall_time_s"] / r["wall_time_s"] if base else float("nan")
+            if timed:
+                r["speedup_wall"], r["wall_source"] = latency[r["identity"]], "batch-1 latency (stage=benchmark)"
+            else:
+                r["speedup_wall"] = base["wall_time_s"] / r["wall_time_s"] if base else float("nan")
+                r["wall_source"] = "batched wall time (sweep)"
         deployable = [r for r in group if r["policy"] not in ORACLES]
         for axis in ("nfe", "wall"):
             for r in group:
@@ -284,6 +315,8 @@ def markdown(rows: list[dict[str, Any]], sentences: list[str] | None = None) -> 
             f"{r['nfe_p50']:g}/{r['nfe_p90']:g} | {r['speedup_nfe']:.2f}x | {r['speedup_wall']:.2f}x | "
             f"{r['tokens_per_s']:.0f} | {mark} |"
         )
+    sources = {f"gen length {r['gen_length']}: {r['wall_source']}" for r in rows}
+    lines += ["", f"Wall-clock speedups from {'; '.join(sorted(sources))}."]
     if sentences:
         lines += ["", "## Headline", "", *(f"- {s}" for s in sentences)]
     return "\n".join(lines) + "\n"
@@ -368,7 +401,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
                        facecolors="none", edgecolors="black", label="Pareto frontier", zorder=3)
             if any(math.isfinite(r[speed]) for r in group):  # without a vanilla row there is no speedup
                 ax.set_xscale("log")
-            ax.set_xlabel(f"speedup over vanilla ({name})")
+            source = "" if axis == "nfe" else f": {group[0]['wall_source']}"
+            ax.set_xlabel(f"speedup over vanilla ({name}{source})")
             ax.set_ylabel("exact-match accuracy (%)")
             ax.set_title(f"gen length {gen_length}: accuracy vs {name} speedup")
             ax.margins(x=0.08, y=0.1)  # room for the annotations of the outermost points
@@ -387,7 +421,8 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
         raise RuntimeError(f"no sweep results for experiment {cfg.experiment_name!r}; run stage=sweep first")
     frontier = spec(ctx, [r.key for r in results])
 
-    rows = frontier_rows(results)
+    timed = latest_benchmark(ctx)
+    rows = frontier_rows(results, batch1_speedups(timed))
 
     def compute(work: Path) -> dict[str, Any]:
         figures = headline(rows, cfg.aggregate.tolerance)
@@ -396,8 +431,8 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
         plot(rows, work / "frontier.png", plot_title(figures))
         return {"settings": len(rows), **figures}
 
-    artifact = ctx.store.materialize(frontier, compute, force=ctx.forced("aggregate"),
-                                     inputs={r.key: r for r in results})
+    inputs = {r.key: r for r in results} | ({"benchmark": timed} if timed else {})
+    artifact = ctx.store.materialize(frontier, compute, force=ctx.forced("aggregate"), inputs=inputs)
     with tracking(cfg, "aggregate", artifact.key) as tracker:
         tracker.log_table("frontier/table", [{c: r[c] for c in COLUMNS} for r in rows])
         tracker.log_image("frontier/plot", artifact.path / "frontier.png")
