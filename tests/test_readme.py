@@ -17,6 +17,7 @@ SIZED_DOWN = {  # per stage: overrides that keep a documented command to seconds
                  "pretrain.architecture.num_hidden_layers=1", "pretrain.architecture.num_attention_heads=2",
                  "pretrain.architecture.intermediate_size=32", "pretrain.val_every=1", "pretrain.val_prompts=2"],
     "evaluate": ["eval.num_prompts=4"],
+    "benchmark": ["benchmark.num_prompts=4", "benchmark.warmup=1"],
 }
 
 
