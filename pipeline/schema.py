@@ -153,6 +153,7 @@ class BenchmarkConfig:
     num_prompts: int = MISSING
     warmup: int = MISSING
     batch_size: int = MISSING
+    reference: bool = False
 
 
 @dataclass

@@ -33,3 +33,16 @@ def test_the_benchmark_times_every_setting_against_vanilla_and_is_reused(tmp_pat
 
     again = run_cli(*args)
     assert again.returncode == 0 and "complete, reusing" in again.stderr
+
+
+def test_the_reference_restatement_of_llada_is_timed_beside_vanilla_and_decodes_the_same(tmp_path):
+    result = run_cli(MICRO, "stage=benchmark", "sweep.grid=[{policy: vanilla}]", "benchmark.num_prompts=3",
+                     "benchmark.warmup=1", "benchmark.reference=true", f"output_dir={tmp_path}", "logger=none",
+                     "progress=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = (tmp_path / "artifacts" / "benchmark").glob("*/benchmark.json")
+    vanilla, reference = json.loads(folder.read_text())
+    assert reference["policy"] == "reference" and reference["same_outputs_as_vanilla"]
+    assert reference["accuracy"] == vanilla["accuracy"] and reference["nfe_mean"] == vanilla["nfe_mean"] == 32
+    assert reference["overhead_batch1"] is None and "| LLaDA generate (re-stated, one prompt at a time) L=32 |" in \
+        result.stdout

@@ -23,11 +23,11 @@ from pipeline.decoding.policies import (
     Vanilla,
     build_policy,
 )
+from pipeline.decoding.reference import llada_generate
 from pipeline.decoding.schedule import gumbel_argmax, top_k_mask, vanilla_schedule
 from pipeline.decoding.settings import POLICY_PARAMETERS, DecodeSettings
 from pipeline.tasks import ChainedAddition
 from pipeline.validation import FEATURES as VALIDATED_FEATURES
-from tests.reference_llada import llada_generate
 
 MASK, EOS = 1, 0
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from omegaconf import DictConfig
 
 from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
 from pipeline.data import encode_prompt
+from pipeline.decoding.loop import DecodeOutput
 from pipeline.decoding.policies import build_policy
+from pipeline.decoding.reference import llada_generate
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.evaluation import reference_outputs, run_decode, summarize
 from pipeline.plan import expand_grid, trains_filter
@@ -50,7 +53,8 @@ def spec(ctx: StageContext, settings: list[DecodeSettings]) -> ArtifactSpec:
     return ArtifactSpec("benchmark", code_digest(CODE), {
         "settings": [s.identity() for s in settings], "model": model_identity(ctx.cfg.model),
         "task": plain(ctx.cfg.task), "split": b.split, "num_prompts": b.num_prompts, "warmup": b.warmup,
-        "batch_size": b.batch_size, "device": ctx.device.type, "threads": torch.get_num_threads(),
+        "batch_size": b.batch_size, "reference": b.reference, "device": ctx.device.type,
+        "threads": torch.get_num_threads(),
     }, inputs, ctx.labels())
 
 
@@ -77,7 +81,41 @@ def measure(ctx: StageContext, setting: DecodeSettings, examples: list, prompts:
         f"tokens_per_s_batch{b.batch_size}": tokens / batched.wall_time,
         "overhead_batch1": 1.0 - single.forward_seconds / single.wall_time,
         "same_outputs_batched": bool(torch.equal(single.tokens, batched.tokens)),
-        "setting": dataclasses.asdict(setting),
+        "setting": dataclasses.asdict(setting), "windows": single.tokens,
+    }
+
+
+def measure_reference(ctx: StageContext, base: DecodeSettings, examples: list, prompts: list[list[int]]
+                      ) -> dict[str, Any]:
+    """LLaDA's ``generate`` as plainly re-stated (:mod:`pipeline.decoding.reference`): one prompt at a time, the
+    vanilla setting ``base``'s window and steps. Its outputs must equal the engine's vanilla ones."""
+    loaded, b = ctx.loaded, ctx.cfg.benchmark
+
+    def generate(prompt: list[int]) -> tuple[torch.Tensor, int]:
+        tokens, forwards = llada_generate(loaded.model, prompt, base.gen_length, base.block_length,
+                                          base.total_steps, loaded.mask_id)
+        return tokens.cpu(), forwards
+
+    for prompt in prompts[: b.warmup]:
+        generate(prompt)
+    windows, nfe, seconds = [], [], []
+    for prompt in prompts:
+        tic = time.perf_counter()
+        tokens, forwards = generate([int(t) for t in prompt])
+        seconds.append(time.perf_counter() - tic)
+        windows.append(tokens)
+        nfe.append(forwards)
+    out = DecodeOutput(torch.stack(windows), torch.tensor(nfe), sum(seconds), seconds)
+    result = summarize(loaded, ctx.task, examples, out)
+    tokens = sum(row["tokens"] for row in result["rows"])
+    latency = sorted(seconds)
+    return {
+        "label": f"LLaDA generate (re-stated, one prompt at a time) L={base.gen_length}", "policy": "reference",
+        "cache": "none", "eotp": False, "gen_length": base.gen_length, "accuracy": result["metrics"]["accuracy"],
+        "nfe_mean": result["metrics"]["nfe_mean"], "latency_p50_s": statistics.median(latency),
+        "latency_p90_s": latency[min(len(latency) - 1, int(0.9 * len(latency)))],
+        "tokens_per_s_batch1": tokens / out.wall_time, f"tokens_per_s_batch{b.batch_size}": None,
+        "overhead_batch1": None, "windows": out.tokens,
     }
 
 
@@ -89,7 +127,8 @@ def with_ratios(rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, A
         row["latency_speedup"] = base["latency_p50_s"] / row["latency_p50_s"]
         row["tokens_per_s_ratio_batch1"] = row["tokens_per_s_batch1"] / base["tokens_per_s_batch1"]
         key = f"tokens_per_s_batch{batch_size}"
-        row[f"tokens_per_s_ratio_batch{batch_size}"] = row[key] / base["tokens_per_s_batch1"]
+        row[f"tokens_per_s_ratio_batch{batch_size}"] = None if row[key] is None else \
+            row[key] / base["tokens_per_s_batch1"]
     return rows
 
 
@@ -98,13 +137,17 @@ def markdown(rows: list[dict[str, Any]], batch_size: int, device: str) -> str:
              f"| setting | accuracy | NFE | latency p50 / p90 (ms) | tokens/s (b=1) | tokens/s (b={batch_size}) | "
              f"speedup (latency) | speedup (tokens/s, b=1) | speedup (tokens/s, b={batch_size}) | overhead (b=1) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    def shown(value: float | None, form: str) -> str:
+        return "-" if value is None else form.format(value)
+
     for r in rows:
         lines.append(
             f"| {r['label']} | {100 * r['accuracy']:.1f}% | {r['nfe_mean']:.1f} | {1000 * r['latency_p50_s']:.1f} / "
             f"{1000 * r['latency_p90_s']:.1f} | {r['tokens_per_s_batch1']:.0f} | "
-            f"{r[f'tokens_per_s_batch{batch_size}']:.0f} | {r['latency_speedup']:.2f}x | "
-            f"{r['tokens_per_s_ratio_batch1']:.2f}x | {r[f'tokens_per_s_ratio_batch{batch_size}']:.2f}x | "
-            f"{100 * r['overhead_batch1']:.1f}% |")
+            f"{shown(r[f'tokens_per_s_batch{batch_size}'], '{:.0f}')} | {r['latency_speedup']:.2f}x | "
+            f"{r['tokens_per_s_ratio_batch1']:.2f}x | "
+            f"{shown(r[f'tokens_per_s_ratio_batch{batch_size}'], '{:.2f}x')} | "
+            f"{shown(r['overhead_batch1'] and 100 * r['overhead_batch1'], '{:.1f}%')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -131,9 +174,15 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
                 refs = references[window]
             rows.append(measure(ctx, setting, examples, prompts, refs))
             r = rows[-1]
+            if b.reference and setting.policy == "vanilla" and setting.cache == "none" and not setting.eotp:
+                reference = measure_reference(ctx, setting, examples, prompts)
+                reference["same_outputs_as_vanilla"] = bool(torch.equal(reference.pop("windows"), r["windows"]))
+                rows.append(reference)
             log.info("benchmark %s: accuracy %.3f, NFE %.1f, latency p50 %.1f ms, %.0f tokens/s at batch 1, "
                      "overhead %.1f%%", r["label"], r["accuracy"], r["nfe_mean"], 1000 * r["latency_p50_s"],
                      r["tokens_per_s_batch1"], 100 * r["overhead_batch1"])
+        for r in rows:
+            r.pop("windows", None)
         rows = with_ratios(rows, b.batch_size)
         (work / "benchmark.json").write_text(json.dumps(rows, indent=2))
         (work / "benchmark.md").write_text(markdown(rows, b.batch_size, describe_device(ctx)))

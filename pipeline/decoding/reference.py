@@ -1,7 +1,8 @@
-"""An independent, plain re-statement of LLaDA's reference ``generate`` (batch size 1, no padding).
+"""An independent, plain re-statement of LLaDA's reference ``generate`` (batch size 1, no padding, low-confidence
+remasking at temperature 0), written from the published algorithm line by line and without the project's helpers.
 
-Written from the published algorithm, line by line and without the project's helpers, so the engine's
-vanilla policy is checked against something that does not share its code.
+The tests check the engine's vanilla policy against it token for token, and ``stage=benchmark`` with
+``benchmark.reference=true`` times it beside the engine.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 
+@torch.no_grad()
 def llada_generate(model, prompt: list[int], gen_length: int, block_length: int, steps: int, mask_id: int):
-    x = torch.tensor([prompt + [mask_id] * gen_length])
+    device = next(model.parameters()).device
+    x = torch.tensor([prompt + [mask_id] * gen_length], device=device)
     start = len(prompt)
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
@@ -30,7 +33,7 @@ def llada_generate(model, prompt: list[int], gen_length: int, block_length: int,
             predicted = logits.argmax(-1)
             prob = F.softmax(logits.float(), dim=-1).gather(-1, predicted[:, None]).squeeze(-1)
             prob[block_end:] = float("-inf")
-            confidence = torch.where(is_mask, prob, torch.tensor(float("-inf")))
+            confidence = torch.where(is_mask, prob, torch.tensor(float("-inf"), device=device))
             chosen = torch.topk(confidence, counts[i]).indices
             x[0, chosen] = predicted[chosen]
     return x[0, start:], forwards
