@@ -102,6 +102,8 @@ def generate_batch(
     forward = clock or ForwardClock(device)
 
     columns = torch.arange(total, device=device)
+    # keys need hiding only behind left padding or an EoTP cut; without either the model runs unmasked (faster)
+    masked_keys = settings.eotp or any(len(p) < prompt_len for p in prompts)
     for block in range(settings.num_blocks):
         start = prompt_len + block * width
         mask_count = (x[:, start : start + width] == mask_id).sum(-1)
@@ -116,7 +118,7 @@ def generate_batch(
                 break
             if step == 0 or settings.cache == "none":
                 end = max(int(seq_end[rows].max()), start + width)  # the whole block is queried; cut keys hidden
-                keys = attention[rows, :end] & (columns[None, :end] < seq_end[rows, None])
+                keys = attention[rows, :end] & (columns[None, :end] < seq_end[rows, None]) if masked_keys else None
                 out = forward(model, x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end],
                             **({"return_cache": True} if settings.cache != "none" else {}))
                 logits = out.logits[:, start : start + width].float()
@@ -125,7 +127,7 @@ def generate_batch(
             else:  # Fast-dLLM caches: refreshed at the block's first step, reused (stale) for the others
                 past = cache.select(torch.searchsorted(cache_rows, rows))
                 stop = end if settings.cache == "prefix" else start + width
-                keys = attention[rows, :end] & (columns[None, :end] < seq_end[rows, None])
+                keys = attention[rows, :end] & (columns[None, :end] < seq_end[rows, None]) if masked_keys else None
                 out = forward(model, x[rows, start:stop], attention_mask=keys, position_ids=positions[rows, start:stop],
                               past=past, past_offset=start)
                 logits = out.logits[:, :width].float()
