@@ -66,16 +66,20 @@ def collect(ctx: StageContext, upstream: bool) -> list[Artifact]:
 
 def labelled(ctx: StageContext) -> list[Artifact]:
     """Complete sweep results of this experiment's model, task and split, planned or not (e.g. multirun jobs)."""
-    identity, task = model_identity(ctx.cfg.model), plain(ctx.cfg.task)
-    return [artifact for artifact in ctx.store.all("sweep")
-            if artifact.manifest["labels"].get("experiment") == ctx.cfg.experiment_name
-            and artifact.manifest["settings"]["model"] == identity and artifact.manifest["settings"]["task"] == task
-            and artifact.manifest["settings"]["split"] == ctx.cfg.sweep.split]
+    return [a for a in ctx.store.all("sweep")
+            if ours(ctx, a) and a.manifest["settings"]["split"] == ctx.cfg.sweep.split]
 
 
-def spec(ctx: StageContext, result_keys: list[str]) -> ArtifactSpec:
+def ours(ctx: StageContext, artifact: Artifact) -> bool:
+    """Whether an artifact was labelled with this experiment and made with its model and task."""
+    settings = artifact.manifest["settings"]
+    return (artifact.manifest["labels"].get("experiment") == ctx.cfg.experiment_name
+            and settings["model"] == model_identity(ctx.cfg.model) and settings["task"] == plain(ctx.cfg.task))
+
+
+def spec(ctx: StageContext, result_keys: list[str], timed: Artifact | None = None) -> ArtifactSpec:
     """The frontier of these sweep results (and of the experiment's latest benchmark, for the wall-clock axis)."""
-    timed = latest_benchmark(ctx)
+    timed = timed or latest_benchmark(ctx)
     return ArtifactSpec("aggregate", code_digest(CODE), {"results": sorted(set(result_keys)),
                                                          "tolerance": ctx.cfg.aggregate.tolerance},
                         {"benchmark": timed.key} if timed else {}, labels=ctx.labels())
@@ -83,9 +87,7 @@ def spec(ctx: StageContext, result_keys: list[str]) -> ArtifactSpec:
 
 def latest_benchmark(ctx: StageContext) -> Artifact | None:
     """The experiment's most recent ``stage=benchmark`` result for this model and task, if any."""
-    identity, task = model_identity(ctx.cfg.model), plain(ctx.cfg.task)
-    found = [a for a in ctx.store.all("benchmark") if a.manifest["labels"].get("experiment") == ctx.cfg.experiment_name
-             and a.manifest["settings"]["model"] == identity and a.manifest["settings"]["task"] == task]
+    found = [a for a in ctx.store.all("benchmark") if ours(ctx, a)]
     return max(found, key=lambda a: (a.path / "benchmark.json").stat().st_mtime, default=None)
 
 
@@ -420,9 +422,9 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
     results = collect(ctx, upstream=True)
     if not results:
         raise RuntimeError(f"no sweep results for experiment {cfg.experiment_name!r}; run stage=sweep first")
-    frontier = spec(ctx, [r.key for r in results])
-
     timed = latest_benchmark(ctx)
+    frontier = spec(ctx, [r.key for r in results], timed)
+
     rows = frontier_rows(results, batch1_speedups(timed))
 
     def compute(work: Path) -> dict[str, Any]:
