@@ -48,7 +48,7 @@ BAD_SETTINGS = [
     ([MICRO, "trajectories.on_policy_rounds=-1"], "trajectories.on_policy_rounds=-1: allowed: an integer >= 0"),
     ([MICRO, "train_filter.target_precision=null", "sweep.grid=[{policy: filter, threshold: [null]}]"],
      "decode.threshold=null: a filter's validated threshold needs train_filter.target_precision"),
-    ([MICRO, "task=chain", "task.max_length=99"], "task.max_length=99: allowed: task.min_length (6) to 60"),
+    ([MICRO, "task=chain", "task.max_steps=12"], "task.max_steps=12: allowed: task.min_steps (1) to 9"),
     ([MICRO, "aggregate.tolerance=-1"], "aggregate.tolerance=-1.0: allowed: a number in [0, 1)"),
     ([MICRO, "decode=filter", "decode.filter_path=/nonexistent"], "decode.filter_path=/nonexistent: no saved filter"),
     (["stage=evaluate", "decode=filter"], "decode.filter_path=null: decode=filter needs a saved filter"),

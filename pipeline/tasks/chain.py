@@ -1,82 +1,44 @@
-"""An iterated non-linear map written out digit by digit: the embedded testbed where parallel decoding is hard.
+"""Repeated addition whose step is the digit sum of the running total, totals only: the embedded testbed where
+parallel decoding is hard.
 
-Prompt ``7:3141592653----------=`` (a start digit, then ``n`` input digits in a field of fixed width padded with
-``-``); answer: one digit per input digit, ``x_k = (x_{k-1}^2 + d_k) mod 10`` with ``x_0`` the start digit. No
-step can be computed without the one before it: a forward pass that sees ``x_{k-1}`` finds ``x_k`` with a
-100-entry lookup, but ``j`` masked steps ahead it must compose ``j`` lookups (there is no closed form, unlike the
-repeated addition of ``arith`` whose k-th total is ``start + k * step``). Committing many digits per step is
-therefore only safe right after the committed prefix, which a confidence rule cannot see but a learned policy
-given the distance to the committed text can.
+Prompt ``037+15*3=`` (start at 37, first step 15, three totals), exactly as in ``arith``; answer
+``3:052,2:059,1:073#073``: after the first addition each step is the digit sum of the running total
+(052 + 0+5+2 = 059, 059 + 0+5+9 = 073), and only the totals are written, each after the count of totals left.
+In ``arith`` the k-th total is ``start + k * step``, so every line can be computed from the prompt alone and the
+oracle finishes a block in about one forward pass. Here there is no closed form: each total needs the one before
+it, through a digit sum and a carry chain, and a block of 16 tokens holds about three totals, so a forward pass
+that does not see the previous total written out can only guess. Committing many digits at once is safe right
+after the committed text and not beyond it, which a confidence rule cannot see and a learned policy given the
+distance to the committed text can.
 
-Why squares and not cubes (``power=3``, a bijection on the last digit, so no information is ever lost): with
-cubes the map is a Latin square, neither input alone says anything about the output, and a 1.3M-parameter model
-stayed at chance (10% per digit) for 2,500 pretraining steps, as on XOR-like problems. With squares the input
-digit alone already shifts the output's distribution, which gives the gradient a start: 48% per digit after 700
-steps.
-
-The input field has a fixed width so that input digit ``k`` sits at a fixed offset from answer digit ``k`` and
-where the text ends (the first ``-``) is visible from the prompt; exact match compares the whole chain.
-Splits are disjoint by construction: a prompt's split is a hash bucket of its text.
+The prompt, countdown and alphabet are ``arith``'s, so the second embedded model starts from the first one's
+weights. Two earlier versions did not make a hard testbed:
+- an iterated map on single digits (``x_k = (x_{k-1}^2 + d_k) mod 10``, input digits in a fixed-width field)
+  was not learned by the 1.3M-parameter model in 5,000 steps from scratch: 52% of digits right, 0% exact match;
+- this chain written out as ``arith``'s lines (``2:052+07=059``, one line per block of 16) was learned (88% exact
+  match after 2,000 steps) but was not hard: a block held one step of the chain, so the oracle needed 1.2
+  forward passes per block of text and threshold 0.9 lost 0.7 points.
 """
+
 
 from __future__ import annotations
 
-import functools
-import random
-
-from pipeline.errors import ConfigError
-from pipeline.tasks.base import Example, SampledTask, check_split
-
-PAD = "-"
+from pipeline.tasks.arith import ChainedAddition
 
 
-def step(x: int, d: int, power: int = 2) -> int:
-    """One step of the map: raise the previous digit to ``power``, add the input digit, keep the last digit."""
-    return (x**power + d) % 10
+def digit_sum(value: int) -> int:
+    return sum(int(d) for d in str(value))
 
 
-class IteratedMap(SampledTask):
+class DigitSumChain(ChainedAddition):
     name = "chain"
     stream_prefix = "chain:"
 
-    def __init__(self, min_length: int = 6, max_length: int = 32, power: int = 2, seed: int = 0) -> None:
-        if not 1 <= min_length <= 60:
-            raise ConfigError("task.min_length", min_length, "allowed: 1 to 60")
-        if not min_length <= max_length <= 60:
-            raise ConfigError("task.max_length", max_length, f"allowed: task.min_length ({min_length}) to 60")
-        if power not in (2, 3):
-            raise ConfigError("task.power", power, "allowed: 2, or 3 (a bijection on the last digit; hard to learn)")
-        self.min_length, self.max_length, self.power, self.seed = min_length, max_length, power, seed
-
-    def solve(self, start: int, digits: str) -> str:
-        out, x = [], start
-        for d in digits:
-            x = step(x, int(d), self.power)
-            out.append(str(x))
-        return "".join(out)
-
-    def prompt(self, start: int, digits: str) -> str:
-        return f"{start}:{digits.ljust(self.max_length, PAD)}="
-
-    def sample(self, rng: random.Random) -> Example:
-        start = rng.randrange(10)
-        n = rng.randint(self.min_length, self.max_length)
-        digits = "".join(str(rng.randrange(10)) for _ in range(n))
-        answer = self.solve(start, digits)
-        return Example(prompt=self.prompt(start, digits), answer=answer, final=answer)
-
-    @functools.cache  # noqa: B019 - a handful of small task objects per process
-    def split_size(self, split: str) -> int:
-        """Distinct prompts of ``split``: counted when the prompt space is small, otherwise the split's share of
-        hash buckets times its size (the space then dwarfs any request)."""
-        check_split(split)
-        total = sum(10 * 10**n for n in range(self.min_length, self.max_length + 1))
-        if total > 200_000:
-            return total * len(self.BUCKETS[split]) // 20
-        return sum(
-            self.in_split(self.prompt(start, f"{value:0{n}d}"), split)
-            for n in range(self.min_length, self.max_length + 1) for start in range(10) for value in range(10**n)
-        )
-
-    def extract_final(self, text: str) -> str | None:
-        return text.strip() or None
+    @staticmethod
+    def solve(start: int, step: int, count: int) -> tuple[str, str]:
+        lines, total = [], start + step
+        for remaining in range(count, 0, -1):
+            lines.append(f"{remaining}:{total:03d}")
+            if remaining > 1:
+                total += digit_sum(total)
+        return ",".join(lines) + f"#{total:03d}", f"{total:03d}"

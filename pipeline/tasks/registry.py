@@ -20,14 +20,14 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.errors import ConfigError
 from pipeline.tasks.arith import ChainedAddition
 from pipeline.tasks.base import Task
-from pipeline.tasks.chain import IteratedMap
+from pipeline.tasks.chain import DigitSumChain
 from pipeline.tasks.code import MBPP, HumanEval
 from pipeline.tasks.gsm8k import GSM8K
 from pipeline.tasks.jsonl import JsonlTask
 from pipeline.tasks.minerva_math import MATH
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (ChainedAddition, IteratedMap, GSM8K, MATH, HumanEval, MBPP, JsonlTask)
+    cls.name: cls for cls in (ChainedAddition, DigitSumChain, GSM8K, MATH, HumanEval, MBPP, JsonlTask)
 }
 
 
