@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModel, AutoTokenizer
 
+from pipeline.data import decode_answer, encode_prompt
+from pipeline.decoding.loop import decode
+from pipeline.decoding.policies import ExtremelyGreedy, Vanilla
+from pipeline.decoding.settings import DecodeSettings
 from pipeline.filter_training import choose_threshold, metrics_at
 from pipeline.tasks.arith import ChainedAddition
 from pipeline.tasks.chain import DigitSumChain, digit_sum
@@ -78,3 +83,27 @@ def test_an_on_policy_round_decodes_with_the_previous_filter_and_trains_on_both_
         assert 0 < f["forward_seconds"] <= f["seconds"] and f["minutes_per_1000_prompts"] > 0
     labels = {m["figures"]["label"] for m in manifests(out, "sweep")}
     assert labels == {"filter t=validated L=32", "filter t=0.9 L=32"}
+
+
+def oracle_passes_and_accuracy(name: str, task, n: int = 48) -> tuple[float, float]:
+    """Mean oracle forward passes per prompt at 64/16, and vanilla exact match, for a shipped model."""
+    path = Path(__file__).parents[1] / "models" / "checkpoints" / name
+    model, tokenizer = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    examples = task.examples("test", n)
+    prompts = [encode_prompt(tokenizer, ex.prompt) for ex in examples]
+    settings = DecodeSettings(gen_length=64, block_length=16, batch_size=n)
+    ids = model.config.mask_token_id, model.config.eos_token_id
+    vanilla = decode(model, prompts, Vanilla(), settings, *ids)
+    oracle = decode(model, prompts, ExtremelyGreedy(), settings, *ids, references=vanilla.tokens)
+    assert torch.equal(oracle.tokens, vanilla.tokens)
+    texts = [decode_answer(tokenizer, row.tolist()) for row in vanilla.tokens]
+    accuracy = sum(s.exact_match for s in task.score_many(examples, texts)) / n
+    return oracle.nfe.float().mean().item(), accuracy
+
+
+def test_the_shipped_chain_model_solves_its_task_and_needs_more_passes_than_arith():
+    chain_passes, chain_accuracy = oracle_passes_and_accuracy("tiny-chain", DigitSumChain(max_steps=9))
+    arith_passes, arith_accuracy = oracle_passes_and_accuracy("tiny-arith", ChainedAddition())
+    assert chain_accuracy >= 0.7 and arith_accuracy >= 0.8
+    assert arith_passes < 4.8, "about one pass per block of 16 on arith"
+    assert chain_passes > arith_passes + 1, "the chain's totals depend on each other"
