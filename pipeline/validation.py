@@ -8,6 +8,7 @@ naming the setting, its value and what is allowed. Torch-free by design: a bad s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -261,11 +262,24 @@ def check_pretrain(cfg: DictConfig, multirun: bool) -> None:
         raise ConfigError("pretrain.val_block_length", p.val_block_length,
                           f"allowed: a positive divisor of pretrain.val_gen_length ({p.val_gen_length})")
     build_task(cfg.task)
-    if p.init_from is not None and not (Path(p.init_from) / "config.json").is_file():
-        raise ConfigError("pretrain.init_from", p.init_from, "no saved model there; allowed: a folder written by "
-                                                             "stage=pretrain (config.json, model.safetensors) or null")
+    if p.init_from is not None:
+        check_init_from(p.init_from, p.architecture)
     check_writable(Path(p.work_dir), "pretrain.work_dir")
     check_writable(Path(p.save_to), "pretrain.save_to")
+
+
+def check_init_from(init_from: str, architecture) -> None:
+    """A warm start copies every weight, so the saved model's shape must be the one about to be trained."""
+    config_file = Path(init_from) / "config.json"
+    if not config_file.is_file():
+        raise ConfigError("pretrain.init_from", init_from, "no saved model there; allowed: a folder written by "
+                                                           "stage=pretrain (config.json, model.safetensors) or null")
+    saved = json.loads(config_file.read_text())
+    for name, value in architecture.items():
+        if name in saved and saved[name] != value:
+            raise ConfigError(f"pretrain.architecture.{name}", value,
+                              f"pretrain.init_from={init_from} has {name}={saved[name]}; allowed: {saved[name]} "
+                              "(a warm start keeps the saved model's architecture)")
 
 
 CHECKS = {"trajectories": check_trajectories, "train_filter": check_train_filter, "sweep": check_sweep,

@@ -79,6 +79,8 @@ BAD_SETTINGS = [
     (["-m", MICRO, "stage=sweep", "decode=threshold", "decode.threshold=0.5,7"], "decode.threshold=7.0: allowed"),
     (["stage=pretrain", "pretrain.lr=0"], "pretrain.lr=0.0: allowed: a number > 0"),
     (["stage=pretrain", "pretrain.init_from=/nonexistent"], "pretrain.init_from=/nonexistent: no saved model there"),
+    (["stage=pretrain", "pretrain.init_from=models/checkpoints/tiny-arith", "pretrain.architecture.hidden_size=16"],
+     "pretrain.architecture.hidden_size=16: pretrain.init_from=models/checkpoints/tiny-arith has hidden_size=128"),
     ([MICRO, "output_dir=/etc/hostname/outputs"], "output_dir=/etc/hostname/outputs: /etc/hostname is not a folder"),
     ([MICRO, "stage=benchmark", "benchmark.warmup=99"],
      "benchmark.warmup=99: allowed: 0 to benchmark.num_prompts (32)"),

@@ -37,7 +37,10 @@ COMMANDS = documented_commands()
 def sized_down(command: str, tmp_path) -> list[str]:
     args = [re.sub(r"^\+experiment=tiny\w*$", "+experiment=micro", a) for a in shlex.split(command)]
     stage = next((a.split("=", 1)[1] for a in args if a.startswith("stage=")), "all")
-    return [*args, *SIZED_DOWN.get(stage, []), f"output_dir={tmp_path}", "logger=none", "progress=false",
+    smaller = SIZED_DOWN.get(stage, [])
+    if any(a.startswith("pretrain.init_from=") for a in args):  # a warm start keeps the saved architecture
+        smaller = [a for a in smaller if not a.startswith("pretrain.architecture.")]
+    return [*args, *smaller, f"output_dir={tmp_path}", "logger=none", "progress=false",
             f"pretrain.save_to={tmp_path / 'model'}"]
 
 

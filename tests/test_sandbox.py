@@ -74,10 +74,11 @@ def test_humaneval_has_only_a_test_split(humaneval):
     ("print('x' * 10 ** 8)\n", "failed"),  # past the file size limit on its stdout
 ], ids=["exit-code", "busy-loop", "sleep", "memory-8GB", "memory-growing", "huge-output"])
 def test_runaway_programs_are_stopped(source, status):
+    timeout_s = 2 if status == "timeout" else 20  # another limit must end the rest, even on a busy machine
     started = time.monotonic()
-    result = run_python(source, timeout_s=2)
+    result = run_python(source, timeout_s=timeout_s)
     assert result.status == status, result
-    assert time.monotonic() - started < 2 + 2
+    assert time.monotonic() - started < timeout_s + 2
     assert len(result.stdout) < OUTPUT_LIMIT + 100 and len(result.stderr) < OUTPUT_LIMIT + 100
 
 
