@@ -341,7 +341,7 @@ def test_a_job_reaching_its_time_limit_is_requeued_and_finishes(slurm_cluster, t
     run = ["+experiment=micro", "stage=train_filter", "train_filter.early_stopping_patience=null",
            "train_filter.max_epochs=20000", "train_filter.val_every_n_epochs=1000",
            "train_filter.checkpoint_every_n_epochs=1000", "launcher=slurm_local", "launcher.time_min=2",
-           "launcher.signal_delay_s=60", "launcher.max_requeues=5", f"output_dir={tmp_path}"]
+           "launcher.signal_delay_s=60", "launcher.max_requeues=20", f"output_dir={tmp_path}"]
     result = pipeline(slurm_cluster, *run)
     assert result.returncode == 0, result.stderr[-3000:]
     job = job_of(tmp_path, "train_filter")
@@ -349,7 +349,7 @@ def test_a_job_reaching_its_time_limit_is_requeued_and_finishes(slurm_cluster, t
     assert again.returncode == 0, again.stderr[-3000:]
     assert re.search(rf"job {job} \(1 task\(s\), queued earlier", again.stdout), "a queued job is not submitted twice"
     assert job_of(tmp_path, "train_filter") == job
-    assert wait_until_ended(slurm_cluster, job, 900) == {job: "COMPLETED"}
+    assert wait_until_ended(slurm_cluster, job, 1500) == {job: "COMPLETED"}
     assert "REQUEUED" in attempts(slurm_cluster, job)
     log_text = (tmp_path / "slurm" / "micro" / "jobs" / f"{job}_0_log.err").read_text()
     assert "this job is timed-out" in log_text
