@@ -268,7 +268,7 @@ def check_pretrain(cfg: DictConfig, multirun: bool) -> None:
     check_writable(Path(p.save_to), "pretrain.save_to")
 
 
-def check_init_from(init_from: str, architecture) -> None:
+def check_init_from(init_from: str, architecture: DictConfig) -> None:
     """A warm start copies every weight, so the saved model's shape must be the one about to be trained."""
     config_file = Path(init_from) / "config.json"
     if not config_file.is_file():
