@@ -2,7 +2,10 @@
 
 Before Hydra starts the app (and creates its run folder), every job the command will run is composed and
 validated here, torch-free: a bad setting or input prints one line, ``error: <setting>=<value>: <allowed>``, and
-exits with status 2, having written nothing. ``HYDRA_FULL_ERROR=1`` shows the full stack instead.
+exits with status 2, having written nothing. What can only be found after the start (a damaged file, an sbatch
+refusal) prints the same one line and leaves nothing behind but what a rerun resumes from
+(:mod:`pipeline.leftovers`); Ctrl-C prints ``interrupted: ...`` and exits with status 130. ``HYDRA_FULL_ERROR=1``
+shows the full stack instead.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import errno
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -21,7 +25,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from pipeline.config import CONF_DIR, register
-from pipeline.errors import EXIT_USAGE, UserError
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from pipeline.leftovers import Leftovers
 from pipeline.plan import is_multirun
 from pipeline.validation import validate
 
@@ -39,26 +44,42 @@ COMPOSING = (UserError, HydraException, OmegaConfBaseException, OSError)  # what
 RUNNING = (UserError, OSError)  # inside a stage, Hydra's and OmegaConf's errors are bugs and keep their stack
 
 
+INTERRUPTED = ("interrupted: nothing was left half-written (finished artifacts, trajectory shards, sweep settings "
+               "and filter checkpoints are kept); rerun the same command to resume")
+
+
 @contextlib.contextmanager
-def errors_reported(kinds: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """A user's error becomes one line on stderr and exit status 2; anything else keeps its traceback."""
+def errors_reported(kinds: tuple[type[BaseException], ...], leftovers: Leftovers | None = None,
+                    where: str | None = None) -> Iterator[None]:
+    """A user's error becomes one line on stderr and exit status 2, Ctrl-C one line and status 130; anything else
+    keeps its traceback. ``leftovers`` (a started run's) are cleared on either; ``where`` names the output folder
+    when the system names no file."""
     try:
         yield
+    except KeyboardInterrupt:
+        if leftovers is not None:
+            leftovers.remove()
+        if full_errors():
+            raise
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except kinds as error:
-        line = one_line(error)
+        line = one_line(error, where)
         if line is None or full_errors():
             raise
+        if leftovers is not None:
+            leftovers.remove()
         print(f"error: {line}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
-def one_line(error: BaseException) -> str | None:
+def one_line(error: BaseException, where: str | None = None) -> str | None:
     """The message a user needs, or None when the error is not theirs to fix."""
     if isinstance(error, UserError):
         return str(error)
     disk = next((e for e in chain(error) if isinstance(e, OSError) and e.errno in DISK_ERRORS), None)
     if disk is not None:
-        return f"{disk.filename}: {DISK_ERRORS[disk.errno]}"
+        return f"{disk.filename or where or 'output_dir'}: {DISK_ERRORS[disk.errno]}"
     if isinstance(error, MissingConfigException):
         return missing_option(error)
     if isinstance(error, (HydraException, OmegaConfBaseException)):
@@ -114,19 +135,45 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def preflight(overrides: list[str], multirun: bool, config_name: str | None) -> None:
-    """Compose and validate every job before Hydra creates anything on disk."""
+def check_syntax(overrides: list[str]) -> None:
+    """Parse each override on its own, so a syntax error names the override it is in."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as error:  # the parser raises its base class, not OverrideParseException
+            reason = str(error).strip().splitlines()[0]
+            raise UserError(f"{override}: not a valid override ({reason}); allowed: key=value, key=[a,b], "
+                            "key=a,b with -m; quote values holding spaces or brackets") from error
+
+
+def preflight(overrides: list[str], multirun: bool, config_name: str | None) -> str:
+    """Compose and validate every job before Hydra creates anything on disk; returns the output folder."""
     from hydra import compose, initialize_config_dir
 
+    check_syntax(overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="pipeline"):
         for job in job_overrides(overrides, multirun):
-            validate(compose(config_name=config_name or "config", overrides=job), multirun=multirun)
+            cfg = compose(config_name=config_name or "config", overrides=job)
+            validate(cfg, multirun=multirun)
+    return str(cfg.output_dir)
+
+
+BEFORE_START: dict[str, Leftovers] = {}  # the output folder as it was before Hydra made the run folder in it
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> object:
-    with errors_reported(RUNNING):
-        validate(cfg, multirun=is_multirun())
+    from hydra.core.hydra_config import HydraConfig
+
+    multirun = is_multirun()  # a multirun's jobs share their folders: nothing of theirs is removed
+    leftovers = BEFORE_START.get(str(cfg.output_dir)) if not multirun else None
+    if leftovers is not None:
+        leftovers.run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with errors_reported(RUNNING, leftovers, where=f"output_dir={cfg.output_dir}"):
+        validate(cfg, multirun=multirun)
         from pipeline.stages import run_stage
 
         return run_stage(cfg)
@@ -140,7 +187,8 @@ def main() -> None:
     args = get_args_parser().parse_args()
     informational = (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
                      or args.config_path or args.config_dir or args.experimental_rerun)
-    if not informational:
-        with errors_reported(COMPOSING):
-            preflight(args.overrides, args.multirun, args.config_name)
-    app()
+    with errors_reported(COMPOSING):
+        if not informational:
+            output_dir = preflight(args.overrides, args.multirun, args.config_name)
+            BEFORE_START[output_dir] = Leftovers(output_dir)
+        app()

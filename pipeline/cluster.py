@@ -11,9 +11,10 @@ are those of an uninterrupted run. The signal protocol is submitit's (``__submit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
-import json
+import io
 import logging
 import re
 import subprocess
@@ -28,6 +29,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pipeline import preemption
 from pipeline.artifacts import write_json_atomic
 from pipeline.dag import DAG_STAGES, Node, plan
+from pipeline.errors import InputError, UserError
+from pipeline.input_files import read_json_object
 from pipeline.stages.common import StageContext
 
 log = logging.getLogger(__name__)
@@ -134,7 +137,7 @@ def submit(cfg: DictConfig) -> dict[str, Any]:
             if after:
                 extra.update(dependency="afterok:" + ":".join(after), kill_on_invalid_dep="yes")
             ex.update_parameters(job_name=f"{cfg.experiment_name}:{node.name}", additional_parameters=extra)
-            jobs = ex.map_array(StageJob(cfg, node.stage), node.parts)
+            jobs = submit_array(ex, StageJob(cfg, node.stage), node, list(job_ids.values()))
             job_ids[node.name] = jobs[0].job_id.split("_")[0]
             row.update(job_id=job_ids[node.name], state="submitted")
         rows.append(row)
@@ -148,6 +151,41 @@ def submit(cfg: DictConfig) -> dict[str, Any]:
     if cfg.launcher.wait:
         wait(cfg, record)
     return record
+
+
+class SubmissionError(UserError):
+    """sbatch refused a job (no controller, an unknown partition, a GPU request the cluster cannot meet ...)."""
+
+
+def submit_array(ex: Any, job: StageJob, node: Node, earlier: list[str]) -> list[Any]:
+    """Submit one node's array; on a refusal, cancel what this command submitted before it (its dependents would
+    wait forever) and say what sbatch said."""
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    folder = Path(ex.folder)
+    before = set(folder.iterdir()) if folder.exists() else set()
+    said_there = io.StringIO()  # submitit echoes sbatch's complaint to stderr: it is said once, below
+    try:
+        with contextlib.redirect_stderr(said_there):
+            return ex.map_array(job, node.parts)
+    except (FailedJobError, FailedSubmissionError, OSError) as error:
+        for leftover in set(folder.iterdir()) - before if folder.exists() else ():  # the refused job's files
+            leftover.unlink(missing_ok=True)
+        if earlier:
+            subprocess.run(["scancel", *earlier], capture_output=True, timeout=60, check=False)
+        said = sbatch_message(str(error))
+        cancelled = f"; cancelled the jobs submitted before it ({', '.join(earlier)})" if earlier else ""
+        raise SubmissionError(f"launcher=slurm: sbatch refused the {node.name} job: {said}{cancelled}; check "
+                              "launcher.partition, launcher.gpus_per_node, launcher.account and launcher.additional, "
+                              "and that Slurm answers (`sinfo`)") from error
+
+
+def sbatch_message(output: str) -> str:
+    """The line of sbatch's output that says why (``sbatch: error: ...``), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    chosen = errors[-1] if errors else (lines[-1] if lines else "no output")
+    return chosen.removeprefix("sbatch: error: ")
 
 
 def print_submission(record: dict[str, Any]) -> None:
@@ -166,9 +204,21 @@ def print_submission(record: dict[str, Any]) -> None:
         print("everything is complete; nothing was submitted")
 
 
+RECORD_FIELDS = {"experiment": str, "stage": str, "folder": str, "submitted_at": str, "nodes": list}
+
+
 def read_record(folder: Path) -> dict[str, Any] | None:
+    """The last submission's record, or None when there is none; a damaged one is named (each submission is also
+    kept under ``submissions/``)."""
     latest = folder / "latest.json"
-    return json.loads(latest.read_text()) if latest.exists() else None
+    if not latest.exists():
+        return None
+    fix = f"delete it (the next launcher=slurm submission writes it anew; earlier ones are in {folder / 'submissions'})"
+    record = read_json_object(latest, fix)
+    wrong = [name for name, kind in RECORD_FIELDS.items() if not isinstance(record.get(name), kind)]
+    if wrong:
+        raise InputError(latest, f"not a submission record (no valid {', '.join(wrong)})", fix)
+    return record
 
 
 def still_queued(record: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -309,11 +359,11 @@ def status(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.stage = "all"
     nodes = plan(ctx)
+    record = read_record(Path(cfg.launcher.folder))
     print(f"experiment {cfg.experiment_name}: artifacts under {ctx.store.root}")
     for node in nodes:
         pieces = f" ({node.done}/{node.total})" if node.total > 1 else ""
         print(f"  {node.name:<13} {'complete' if node.complete else 'missing':<8}{pieces}  {node.results}")
-    record = read_record(Path(cfg.launcher.folder))
     if record is None:
         print(f"no submission recorded in {cfg.launcher.folder}")
         return {"nodes": [asdict(n) for n in nodes], "jobs": []}

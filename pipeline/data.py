@@ -8,22 +8,39 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError, first_line
 from pipeline.tasks.base import Example
 
 
-def encode_prompt(tokenizer, prompt: str, chat_template: bool = False) -> list[int]:
+def encode_prompt(tokenizer, example: Example, chat_template: bool = False) -> list[int]:
     """Prompt token ids. Through the chat template, the whole (few-shot) prompt is one user turn followed by the
     assistant's header, as the reference evaluations of instruction-tuned dLLMs do; otherwise the
     beginning-of-text token when the tokenizer has one, then the text."""
+    prompt = example.prompt
     if chat_template:
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError("task.chat_template", True, "the model's tokenizer has no chat template; allowed: false")
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                              tokenize=False)
+        return tokenize(tokenizer, text, example)
+    ids = tokenize(tokenizer, prompt, example)
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+
+
+def tokenize(tokenizer, text: str, example: Example) -> list[int]:
+    """Token ids of ``text``; a tokenizer without an unknown token refuses characters it lacks, and that is the
+    prompt's fault, named with where the prompt came from."""
+    try:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + list(ids)
+    except Exception as error:  # tokenizers raises a bare Exception ("Missing [UNK] token ...")
+        vocab = tokenizer.get_vocab()
+        special = set(tokenizer.all_special_tokens)
+        char_level = all(len(token) == 1 for token in vocab if token not in special)
+        lacking = sorted({c for c in text if c not in vocab}) if char_level else []
+        what = f"holds characters the model's tokenizer lacks: {''.join(lacking)!r}" if lacking else \
+            f"cannot be tokenized ({first_line(error)})"
+        raise InputError(example.source or "a prompt", f"the prompt {text[:60]!r} {what}",
+                         "remove them from the prompt, or use a model whose tokenizer has them") from error
 
 
 def decode_answer(tokenizer, window: Sequence[int], end_ids: Sequence[int] = ()) -> str:
@@ -41,7 +58,7 @@ def training_batch(tokenizer, examples: Sequence[Example], window: int) -> dict[
     EoTP cut, which a model trained only on long padded windows has never seen. ``answer_region`` marks the
     positions the diffusion objective may mask (never the prompt).
     """
-    prompts = [encode_prompt(tokenizer, ex.prompt) for ex in examples]
+    prompts = [encode_prompt(tokenizer, ex) for ex in examples]
     answers = [tokenizer(ex.answer, add_special_tokens=False)["input_ids"] for ex in examples]
     window = window or max(len(a) for a in answers) + 1
     too_long = [len(a) for a in answers if len(a) > window]

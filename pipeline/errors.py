@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 class UserError(Exception):
@@ -37,3 +38,8 @@ def format_value(value: Any) -> str:
     if value is None:
         return "null"
     return str(value)
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line of text, or its type's name when it has none."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -40,7 +40,7 @@ def evaluate_setting(loaded: LoadedModel, task: Task, examples: list[Example], s
                      progress: bool = False, references: torch.Tensor | None = None) -> dict:
     """Decode ``examples`` under one setting; returns metrics, per-sample rows and the generated windows."""
     policy = build_policy(settings, loaded.device)
-    prompts = [encode_prompt(loaded.tokenizer, ex.prompt, task.chat_template) for ex in examples]
+    prompts = [encode_prompt(loaded.tokenizer, ex, task.chat_template) for ex in examples]
     if policy.needs_references and references is None:
         references = reference_outputs(loaded, prompts, settings, progress).tokens
     out = run_decode(loaded, prompts, policy, settings, references, progress=progress, description=policy.name)

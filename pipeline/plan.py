@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 
 STAGES = ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "score_references", "pretrain",
           "benchmark", "status")
@@ -55,10 +55,6 @@ def typed(base: Any, changes: dict[str, Any], where: str) -> DecodeSettings:
     except OmegaConfBaseException as error:
         key = getattr(error, "key", None) or "?"
         raise ConfigError(f"{where}.{key}", changes.get(str(key)), first_line(error)) from error
-
-
-def first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def sweep_settings(cfg: DictConfig, multirun: bool) -> list[DecodeSettings]:

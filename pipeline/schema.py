@@ -202,6 +202,7 @@ class Config:
     experiment_name: str = MISSING
     force: bool = False
     reuse_only: bool = False
+    verify_artifacts: str = "content"  # content | size: what reuse checks of an artifact's files
     device: str = "cpu"
     threads: int | None = None
     seed: int = 0

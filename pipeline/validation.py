@@ -8,16 +8,20 @@ naming the setting, its value and what is allowed. Torch-free by design: a bad s
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.decoding.settings import DecodeSettings, check_probability
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
+from pipeline.input_files import check_safetensors, read_json_object
 from pipeline.model_files import locate
 from pipeline.plan import STAGES, decode_settings, stages_to_run, sweep_settings
 from pipeline.tasks.base import SPLITS
@@ -33,13 +37,16 @@ LOGGER_MODES = ("offline", "online", "disabled")
 TRAJECTORY_POLICIES = ("egp", "vanilla")
 LOSS_ON = ("all", "masked")
 LAUNCHERS = ("local", "slurm")
+VERIFY_MODES = ("content", "size")
 MODEL_STAGES = ("trajectories", "sweep", "aggregate", "evaluate", "benchmark")  # stages that may load the model
+SEED_RANGE = (0, 2**32 - 1)  # what numpy, Python's random and Lightning's seed_everything all accept
 
 
 def validate(cfg: DictConfig, multirun: bool = False) -> list[str]:
     """Check everything the command will use; returns the stages it runs, upstream first."""
     if cfg.stage not in STAGES:
         raise ConfigError("stage", cfg.stage, f"allowed: {', '.join(STAGES)}")
+    check_numbers(cfg)
     check_common(cfg)
     check_launcher(cfg, multirun)
     stages = stages_to_run(cfg, multirun)
@@ -61,15 +68,57 @@ def one_of(value, setting: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(setting, value, f"allowed: {', '.join(allowed)}")
 
 
+def leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted setting, value) of every leaf of a plain config tree; list items as ``name[i]``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from leaves(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from leaves(value, f"{path}[{index}]")
+    else:
+        yield path, node
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """The schema-wide rules, whatever the setting: every number is finite (a NaN threshold or temperature would
+    decode garbage and write invalid JSON) and every seed is one all the random generators accept. Read unresolved,
+    so an interpolated value is named where the user set it (``seed``, not ``decode.seed: ${seed}``)."""
+    for setting, value in leaves(OmegaConf.to_container(cfg, resolve=False)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(setting, value, "allowed: a finite number")
+        if setting.rpartition(".")[2] == "seed" and isinstance(value, int) and \
+                not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+            raise ConfigError(setting, value, f"allowed: an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+
+
 def check_common(cfg: DictConfig) -> None:
-    if not DEVICE.match(str(cfg.device)):
-        raise ConfigError("device", cfg.device, "allowed: auto, cpu, cuda, cuda:N")
+    check_device(str(cfg.device))
     if cfg.threads is not None:
         at_least(cfg, "threads", 1)
     one_of(cfg.logger.kind, "logger.kind", LOGGERS)
     if cfg.logger.kind == "wandb":
         one_of(cfg.logger.mode, "logger.mode", LOGGER_MODES)
+    one_of(cfg.verify_artifacts, "verify_artifacts", VERIFY_MODES)
+    if not str(cfg.output_dir).strip():
+        raise ConfigError("output_dir", "''", "allowed: a folder path (it is created when missing)")
     check_writable(Path(cfg.output_dir), "output_dir")
+    decode_settings(cfg).validate()  # every stage reads it (trajectories' window defaults to it): named as the user's
+
+
+def check_device(device: str) -> None:
+    """The device's form; a CUDA device must exist here (torch is imported only when CUDA is asked for)."""
+    if not DEVICE.match(device):
+        raise ConfigError("device", device, "allowed: auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError("device", device, "no CUDA device is available here; allowed here: cpu, auto")
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError("device", device, f"allowed here: cuda:0 to cuda:{count - 1}, cpu, auto")
 
 
 def check_launcher(cfg: DictConfig, multirun: bool) -> None:
@@ -93,13 +142,16 @@ def check_launcher(cfg: DictConfig, multirun: bool) -> None:
         raise ConfigError("launcher.signal_delay_s", la.signal_delay_s,
                           f"allowed: less than launcher.time_min ({la.time_min} min) in seconds")
     check_writable(Path(la.folder), "launcher.folder")
-    if cfg.stage != "status" and shutil.which("sbatch") is None:
-        raise ConfigError("launcher", la.kind, "sbatch is not on PATH: submit from a machine of the cluster, or use "
-                                               "launcher=local")
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if cfg.stage != "status" and missing:
+        raise ConfigError("launcher", la.kind, f"{' and '.join(missing)} not on PATH: submit from a machine of the "
+                                               "cluster, or use launcher=local")
 
 
 def check_writable(path: Path, setting: str) -> None:
-    """The folder exists and is writable, or the nearest existing parent is a writable folder."""
+    """The folder exists and is writable, or the nearest existing parent is a writable folder. Tried, not
+    inferred from permission bits: a pseudo file system (``/proc``) or a read-only mount answers ``os.access`` with
+    yes and then refuses the write."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -107,6 +159,12 @@ def check_writable(path: Path, setting: str) -> None:
         raise ConfigError(setting, path, f"{existing} is not a folder; allowed: a folder path that can be created")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(setting, path, f"{existing} is not writable; allowed: a writable folder")
+    try:
+        with tempfile.TemporaryDirectory(dir=existing, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ConfigError(setting, path, f"{existing} refuses new files ({error.strerror}); allowed: a writable "
+                                         "folder") from error
 
 
 def check_model(cfg: DictConfig) -> None:
@@ -116,7 +174,20 @@ def check_model(cfg: DictConfig) -> None:
     if m.family != "embedded" and not m.trust_remote_code:
         raise ConfigError("model.trust_remote_code", False, f"a {m.family} model runs its own modeling code; "
                                                             "allowed: true")
-    locate(m.path, m.allow_download)
+    check_model_files(Path(locate(m.path, m.allow_download)))
+
+
+MODEL_FIX = ("re-download the model, or for the embedded model rebuild it with `python -m pipeline stage=pretrain` "
+             "(or `git checkout models/checkpoints`)")
+
+
+def check_model_files(folder: Path) -> None:
+    """A local model's config parses and its weight files are whole (a hub id to be downloaded is not checked)."""
+    if not (folder / "config.json").is_file():
+        return
+    read_json_object(folder / "config.json", MODEL_FIX)
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors(weights, MODEL_FIX)
 
 
 def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str, task_setting: str = "task") -> None:
@@ -186,10 +257,25 @@ def check_train_filter(cfg: DictConfig, multirun: bool) -> None:
         check_probability(tf.target_precision, "train_filter.target_precision")
 
 
+FILTER_FIX = "point decode.filter_path at a train_filter artifact's filter/ folder, or retrain the filter"
+FILTER_FIELDS = {"block_length": int, "features": list}  # models/filter.py's FilterConfig, what loading needs
+
+
 def check_filter_path(path: str | None, setting: str) -> None:
-    if path is not None and not (Path(path) / "filter.json").is_file():
+    if path is None:
+        return
+    folder = Path(path)
+    if not (folder / "filter.json").is_file():
         raise ConfigError(setting, path, "no saved filter there; allowed: a train_filter artifact's filter/ folder "
                                          "(with filter.json and filter.safetensors)")
+    saved = read_json_object(folder / "filter.json", FILTER_FIX)
+    wrong = [name for name, kind in FILTER_FIELDS.items() if not isinstance(saved.get(name), kind)]
+    if wrong:
+        raise InputError(folder / "filter.json", f"not a saved filter's description (no valid {', '.join(wrong)})",
+                         FILTER_FIX)
+    if not (folder / "filter.safetensors").is_file():
+        raise InputError(folder / "filter.safetensors", "missing", FILTER_FIX)
+    check_safetensors(folder / "filter.safetensors", FILTER_FIX)
 
 
 def check_sweep(cfg: DictConfig, multirun: bool) -> None:
@@ -274,7 +360,7 @@ def check_init_from(init_from: str, architecture: DictConfig) -> None:
     if not config_file.is_file():
         raise ConfigError("pretrain.init_from", init_from, "no saved model there; allowed: a folder written by "
                                                            "stage=pretrain (config.json, model.safetensors) or null")
-    saved = json.loads(config_file.read_text())
+    saved = read_json_object(config_file, "point pretrain.init_from at a folder written by stage=pretrain")
     for name, value in architecture.items():
         if name in saved and saved[name] != value:
             raise ConfigError(f"pretrain.architecture.{name}", value,

@@ -198,5 +198,5 @@ def test_reuse_only_refuses_to_compute_a_missing_upstream_in_one_line(tmp_path, 
 def test_launcher_slurm_without_slurm_says_where_to_submit_from(tmp_path):
     result = run_cli(MICRO, "launcher=slurm", f"output_dir={tmp_path / 'out'}", env={"PATH": str(tmp_path)})
     assert result.returncode == 2
-    assert result.stderr.startswith("error: launcher=slurm: sbatch is not on PATH: submit from a machine of the "
+    assert result.stderr.startswith("error: launcher=slurm: sbatch and srun not on PATH: submit from a machine of the "
                                     "cluster, or use launcher=local"), result.stderr

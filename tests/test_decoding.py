@@ -33,7 +33,7 @@ MASK, EOS = 1, 0
 
 
 def prompts_for(tokenizer, n: int, split: str = "test") -> list[list[int]]:
-    return [encode_prompt(tokenizer, ex.prompt) for ex in ChainedAddition().examples(split, n)]
+    return [encode_prompt(tokenizer, ex) for ex in ChainedAddition().examples(split, n)]
 
 
 def test_schedule_spreads_the_remainder_over_the_first_steps():

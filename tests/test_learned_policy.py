@@ -90,7 +90,7 @@ def oracle_passes_and_accuracy(name: str, task, n: int = 48) -> tuple[float, flo
     path = Path(__file__).parents[1] / "models" / "checkpoints" / name
     model, tokenizer = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
     examples = task.examples("test", n)
-    prompts = [encode_prompt(tokenizer, ex.prompt) for ex in examples]
+    prompts = [encode_prompt(tokenizer, ex) for ex in examples]
     settings = DecodeSettings(gen_length=64, block_length=16, batch_size=n)
     ids = model.config.mask_token_id, model.config.eos_token_id
     vanilla = decode(model, prompts, Vanilla(), settings, *ids)

@@ -10,6 +10,7 @@ from models import DiffusionLM, DiffusionLMConfig
 from pipeline.data import decode_answer, encode_prompt, training_batch
 from pipeline.pretrain import masked_diffusion_loss
 from pipeline.tasks import ChainedAddition
+from pipeline.tasks.base import Example
 
 
 def test_model_and_tokenizer_round_trip(tmp_path, tokenizer):
@@ -20,8 +21,8 @@ def test_model_and_tokenizer_round_trip(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path)
     model = AutoModel.from_pretrained(tmp_path).eval()
     loaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    ids = torch.tensor([encode_prompt(loaded_tokenizer, "12+34+5=")])
-    assert ids.tolist() == [encode_prompt(tokenizer, "12+34+5=")]
+    ids = torch.tensor([encode_prompt(loaded_tokenizer, Example("12+34+5=", "", ""))])
+    assert ids.tolist() == [encode_prompt(tokenizer, Example("12+34+5=", "", ""))]
     assert loaded_tokenizer.is_fast and loaded_tokenizer.mask_token_id == micro_model.config.mask_token_id
     assert torch.equal(model(ids).logits, micro_model(ids).logits)
     assert decode_answer(loaded_tokenizer, loaded_tokenizer("1+2=3#3")["input_ids"] + [0, 5]) == "1+2=3#3"

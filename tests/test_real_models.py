@@ -11,6 +11,7 @@ import torch
 
 from models.families import FamilyAdapter, honours_attention_mask
 from pipeline.data import decode_answer, encode_prompt
+from pipeline.tasks.base import Example
 from tests.standins import DREAM_IDS, LLADA_IDS, write_dream_like, write_llada_like
 from tests.test_cli import run_cli
 
@@ -56,7 +57,7 @@ def test_a_model_that_ignores_the_attention_mask_is_found(standins, name, family
 
 def test_prompts_go_through_the_chat_template_and_end_of_turn_ends_the_answer(standins):
     _, tokenizer = load(standins["llada"])
-    ids = encode_prompt(tokenizer, "Question: 2+2?\nAnswer:", chat_template=True)
+    ids = encode_prompt(tokenizer, Example("Question: 2+2?\nAnswer:", "", ""), chat_template=True)
     text = tokenizer.decode(ids)
     assert "<|start_header_id|>user<|end_header_id|>" in text and text.endswith("assistant<|end_header_id|>\n\n")
     answer = tokenizer("4", add_special_tokens=False)["input_ids"]

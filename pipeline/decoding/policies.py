@@ -15,7 +15,7 @@ from torch import nn
 from pipeline.decoding.features import HISTORY_FEATURES, block_features
 from pipeline.decoding.schedule import top_k_mask
 from pipeline.decoding.settings import FACTOR_RULES, DecodeSettings, check_probability
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError, first_line
 
 
 @dataclass
@@ -220,7 +220,12 @@ def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -
         if not settings.filter_path:
             raise ConfigError("decode.filter_path", None, "decode=filter needs a saved filter (a train_filter "
                                                           "artifact's filter/ folder)")
-        network = BlockFilter.load(settings.filter_path, device)
+        try:
+            network = BlockFilter.load(settings.filter_path, device)
+        except (OSError, ValueError, TypeError, RuntimeError, KeyError) as error:  # files that disagree
+            raise InputError(settings.filter_path, f"the saved filter could not be loaded ({type(error).__name__}: "
+                             f"{first_line(error)})", "retrain the filter or point decode.filter_path at another "
+                                                      "one") from error
         if network.config.block_length != settings.block_length:
             raise ConfigError("decode.block_length", settings.block_length,
                               f"the filter at {settings.filter_path} was trained for block_length="

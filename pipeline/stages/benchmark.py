@@ -162,7 +162,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
 
     def compute(work: Path) -> dict[str, Any]:
         examples = ctx.task.examples(b.split, b.num_prompts)
-        prompts = [encode_prompt(ctx.loaded.tokenizer, ex.prompt, ctx.task.chat_template) for ex in examples]
+        prompts = [encode_prompt(ctx.loaded.tokenizer, ex, ctx.task.chat_template) for ex in examples]
         references: dict[tuple, torch.Tensor] = {}
         rows = []
         for setting in settings:

@@ -33,7 +33,7 @@ class DecodeAccuracy(L.Callback):
     def __init__(self, task, tokenizer, every: int, num_prompts: int, gen_length: int, block_length: int) -> None:
         self.task, self.tokenizer, self.every = task, tokenizer, every
         self.examples = task.examples("validation", num_prompts)
-        self.prompts = [encode_prompt(tokenizer, ex.prompt) for ex in self.examples]
+        self.prompts = [encode_prompt(tokenizer, ex) for ex in self.examples]
         self.settings = DecodeSettings(gen_length=gen_length, block_length=block_length, batch_size=64)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

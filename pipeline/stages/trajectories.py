@@ -134,7 +134,7 @@ def compute_shard(ctx: StageContext, index: int, target: Path, round_: Round = R
     first, last = shard_range(index, t.num_shards, t.num_prompts)
     source = prompt_source(ctx)
     examples = source.examples(t.split, t.num_prompts)[first:last]
-    prompts = [encode_prompt(loaded.tokenizer, ex.prompt, source.chat_template) for ex in examples]
+    prompts = [encode_prompt(loaded.tokenizer, ex, source.chat_template) for ex in examples]
     recorder = TrajectoryRecorder(tuple(t.features), decode_settings.steps_per_block)
     progress = bool(ctx.cfg.progress)
     history = bool(set(t.features) & set(HISTORY_FEATURES))
@@ -197,6 +197,7 @@ def ensure(ctx: StageContext, upstream: bool = False, round_: Round = Round()) -
             if target.exists():
                 shutil.rmtree(target)
             compute_shard(ctx, index, target, round_)
+            log.info("trajectories %s: %s written", s.key, name)
     with ctx.store.lock(s):
         if (finished := ctx.store.finished_elsewhere(s, existing)) is not None and \
                 ctx.store.is_current(finished, inputs):

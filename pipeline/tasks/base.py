@@ -6,7 +6,7 @@ import random
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.errors import ConfigError
 
@@ -18,6 +18,7 @@ class Example:
     prompt: str
     answer: str  # the full reference text the model should generate (without end-of-text)
     final: str  # the final answer that exact match compares
+    source: str | None = field(default=None, compare=False)  # where a user's example came from (file:line)
 
 
 @dataclass(frozen=True)

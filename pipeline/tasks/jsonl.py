@@ -31,6 +31,7 @@ def last_line(text: str) -> str | None:
 
 class JsonlTask(Task):
     name = "jsonl"
+    sizes_are_cheap = True  # a local file read once: an empty or short file is refused before the run starts
 
     def __init__(self, path: str | None, prompt_field: str = "prompt", answer_field: str = "answer",
                  final_field: str | None = None, stop_strings: tuple[str, ...] = ()) -> None:
@@ -67,7 +68,10 @@ class JsonlTask(Task):
     @functools.cache  # noqa: B019 - a handful of small task objects per process
     def split_examples(self, split: str) -> list[Example]:
         file = self.file(split)
-        return [self.example(file, number, row) for number, row in json_lines(file, FIX)]
+        examples = [self.example(file, number, row) for number, row in json_lines(file, FIX)]
+        if not examples:
+            raise InputError(file, f"holds no examples (the {split} split is read from it)", FIX)
+        return examples
 
     def example(self, file: Path, number: int, row: dict[str, Any]) -> Example:
         fields = [self.prompt_field, self.answer_field] + ([self.final_field] if self.final_field else [])
@@ -80,7 +84,7 @@ class JsonlTask(Task):
             raise InputError(file, f"line {number}: field {self.prompt_field!r} is not a string", FIX)
         answer = str(row[self.answer_field]).strip()
         final = str(row[self.final_field]).strip() if self.final_field else last_line(answer) or ""
-        return Example(prompt=prompt, answer=answer, final=final)
+        return Example(prompt=prompt, answer=answer, final=final, source=f"{file}:{number}")
 
     def split_size(self, split: str) -> int:
         return len(self.split_examples(split))

@@ -1,0 +1,184 @@
+"""Bad settings and damaged inputs through the command line: one line, the right exit status, the faulty setting or
+path named, no traceback, and nothing left in the output folder; Ctrl-C the same with status 130."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import one_line
+from pipeline.config import PROJECT_ROOT
+from tests.test_cli import MICRO, run_cli
+
+TINY = PROJECT_ROOT / "models" / "checkpoints" / "tiny-arith"
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory) -> Path:
+    """A folder of broken inputs: model folders, saved filters, JSON-lines files."""
+    root = tmp_path_factory.mktemp("damaged")
+    for name in ("model-bad-config", "model-bad-weights"):
+        shutil.copytree(TINY, root / name)
+    (root / "model-bad-config" / "config.json").write_text("{garbage")
+    weights = root / "model-bad-weights" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    filter_json = {"block_length": 8, "features": ["confidence"], "num_layers": 2}
+    for name in ("filter-bad-json", "filter-not-a-filter", "filter-bad-weights"):
+        (root / name).mkdir()
+    (root / "filter-bad-json" / "filter.json").write_text('{"block_length": 8')
+    (root / "filter-not-a-filter" / "filter.json").write_text('{"colour": "blue"}')
+    (root / "filter-bad-weights" / "filter.json").write_text(json.dumps(filter_json))
+    (root / "filter-bad-weights" / "filter.safetensors").write_bytes(os.urandom(300))
+    (root / "empty.jsonl").write_text("")
+    (root / "accents.jsonl").write_text('{"prompt": "12+3=", "answer": "15"}\n{"prompt": "d\\u00e9j\\u00e0", '
+                                        '"answer": "1"}\n')
+    (root / "slurm" / "micro").mkdir(parents=True)
+    (root / "slurm" / "micro" / "latest.json").write_text("{not json")
+    for name, said in (("gres", "Invalid generic resource (gres) specification"),
+                       ("down", "Unable to contact slurm controller (connect failure)")):
+        bin_dir = root / f"bin-{name}"
+        bin_dir.mkdir()
+        (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho 'sbatch: error: Batch job submission failed: {said}' >&2\n"
+                                        "exit 1\n")
+        (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+        for tool in ("sbatch", "srun"):
+            (bin_dir / tool).chmod(0o755)
+    return root
+
+
+# (arguments, the start of the one-line message); found before Hydra starts. "{d}" is the damaged-inputs folder.
+REFUSED_BEFORE_START = [
+    ([MICRO, "decode.temperature=nan"], "decode.temperature=nan: allowed: a finite number"),
+    ([MICRO, "decode.temperature=inf"], "decode.temperature=inf: allowed: a finite number"),
+    ([MICRO, "train_filter.weight_decay=nan"], "train_filter.weight_decay=nan: allowed: a finite number"),
+    ([MICRO, "aggregate.tolerance=-inf"], "aggregate.tolerance=-inf: allowed: a finite number"),
+    ([MICRO, "sweep.grid=[{policy: threshold, threshold: [0.5, nan]}]"],
+     "sweep.grid[0].threshold[1]=nan: allowed: a finite number"),
+    ([MICRO, "+task@trajectories.task=chain", "trajectories.task.seed=-3"],
+     "trajectories.task.seed=-3: allowed: an integer from 0 to 4294967295"),
+    ([MICRO, "seed=-1"], "seed=-1: allowed: an integer from 0 to 4294967295"),
+    ([MICRO, "seed=99999999999999"], "seed=99999999999999: allowed: an integer from 0 to 4294967295"),
+    ([MICRO, "decode.seed=4294967296"], "decode.seed=4294967296: allowed: an integer from 0 to 4294967295"),
+    ([MICRO, "output_dir=''"], "output_dir='': allowed: a folder path"),
+    ([MICRO, "output_dir=/proc/x"], "output_dir=/proc/x: /proc refuses new files"),
+    ([MICRO, "verify_artifacts=never"], "verify_artifacts=never: allowed: content, size"),
+    ([MICRO, "device=cuda:99"], "device=cuda:99: "),
+    ([MICRO, "decode.block_length=7"], "decode.block_length=7: must divide decode.gen_length=32"),
+    ([MICRO, "decode.threshold=[0.5"], "decode.threshold=[0.5: not a valid override"),
+    ([MICRO, "task=jsonl", "task.path={d}/empty.jsonl"], "{d}/empty.jsonl: holds no examples"),
+    ([MICRO, "model.path={d}/model-bad-config"], "{d}/model-bad-config/config.json: not a readable JSON file"),
+    ([MICRO, "model.path={d}/model-bad-weights"], "{d}/model-bad-weights/model.safetensors: damaged safetensors"),
+    (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-bad-json"],
+     "{d}/filter-bad-json/filter.json: not a readable JSON file"),
+    (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-not-a-filter"],
+     "{d}/filter-not-a-filter/filter.json: not a saved filter's description (no valid block_length, features)"),
+    (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-bad-weights"],
+     "{d}/filter-bad-weights/filter.safetensors: not a safetensors file"),
+    ([MICRO, "sweep.grid=[{policy: filter, filter_path: '{d}/filter-bad-weights'}]"],
+     "{d}/filter-bad-weights/filter.safetensors: not a safetensors file"),
+    (["stage=pretrain", "pretrain.init_from={d}/model-bad-config"],
+     "{d}/model-bad-config/config.json: not a readable JSON file"),
+]
+
+
+@pytest.mark.parametrize("args,message", REFUSED_BEFORE_START, ids=[" ".join(a) for a, _ in REFUSED_BEFORE_START])
+def test_refused_before_start_in_one_line_writing_nothing(tmp_path, damaged, args, message):
+    out = tmp_path / "out"
+    args = [a.replace("{d}", str(damaged)) for a in args]
+    began = time.monotonic()
+    result = run_cli(f"output_dir={out}", *args, "progress=false", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == result.stderr.strip().splitlines()[0], "one line, no traceback"
+    assert result.stderr.startswith(f"error: {message.replace('{d}', str(damaged))}"), result.stderr
+    assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing written, here or in the output folder"
+    assert time.monotonic() - began < 60
+
+
+# Found only once the run has started: the same one line, and nothing left behind.
+REFUSED_AFTER_START = [
+    (["stage=evaluate", "task=jsonl", "task.path={d}/accents.jsonl", "eval.num_prompts=2"], {},
+     "{d}/accents.jsonl:2: the prompt 'déjà' holds characters the model's tokenizer lacks: 'djàé'"),
+    ([MICRO, "launcher=slurm"], {"PATH": "{d}/bin-gres"},
+     "launcher=slurm: sbatch refused the trajectories job: Batch job submission failed: Invalid generic resource"),
+    ([MICRO, "launcher=slurm"], {"PATH": "{d}/bin-down"},
+     "launcher=slurm: sbatch refused the trajectories job: Batch job submission failed: Unable to contact slurm"),
+]
+
+
+@pytest.mark.parametrize("args,env,message", REFUSED_AFTER_START, ids=[" ".join(a) for a, _, _ in REFUSED_AFTER_START])
+def test_refused_after_start_in_one_line_leaving_nothing(tmp_path, damaged, args, env, message):
+    out = tmp_path / "out"
+    args = [a.replace("{d}", str(damaged)) for a in args]
+    env = {k: f"{v.replace('{d}', str(damaged))}:{os.environ['PATH']}" for k, v in env.items()}
+    result = run_cli(f"output_dir={out}", *args, "progress=false", "logger=none", env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: {message.replace('{d}', str(damaged))}"), result.stderr
+    assert sum(line.startswith("error:") or "sbatch:" in line for line in lines) == 1, "said once"
+    assert result.stdout == ""
+    assert not out.exists(), sorted(str(p) for p in out.rglob("*"))
+
+
+def test_a_damaged_submission_record_is_named_by_status(tmp_path, damaged):
+    out = tmp_path / "out"
+    shutil.copytree(damaged / "slurm", out / "slurm")
+    before = sorted(out.rglob("*"))
+    result = run_cli(f"output_dir={out}", MICRO, "stage=status", "launcher=slurm", "progress=false")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {out}/slurm/micro/latest.json: not a readable JSON file"), result.stderr
+    assert result.stdout == ""
+    assert sorted(out.rglob("*")) == before, "nothing added"
+
+
+def test_a_full_disk_names_the_output_folder_when_the_system_names_no_file():
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert one_line(full, "output_dir=/data/out") == "output_dir=/data/out: the disk is full; free space or set " \
+                                                     "output_dir to another disk"
+    named = OSError(errno.ENOSPC, "No space left on device", "/data/out/x.arrow")
+    assert one_line(named, "output_dir=/data/out").startswith("/data/out/x.arrow: the disk is full")
+
+
+def interrupt(args: list[str], after: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the CLI, send SIGINT (Ctrl-C) once a stderr line contains ``after``, and collect the result."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = []
+    deadline = time.monotonic() + timeout
+    for line in process.stderr:
+        seen.append(line)
+        if after in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    stdout, rest = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, "".join(seen) + rest)
+
+
+@pytest.mark.parametrize("stage,after", [("trajectories", "shard-00000-of-00003 written"), ("sweep", "written to")])
+def test_ctrl_c_says_so_in_one_line_and_a_rerun_resumes(tmp_path, stage, after):
+    """Interrupted after its first finished piece (a shard, a setting): the piece stays, the rerun finishes."""
+    out = tmp_path / "out"
+    args = [f"output_dir={out}", MICRO, f"stage={stage}", "progress=false", "logger=none", "trajectories.num_shards=3",
+            "sweep.num_prompts=8", "sweep.grid=[{policy: vanilla}, {policy: threshold, threshold: [0.7, 0.9]}]"]
+    result = interrupt(args, after, tmp_path)
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("interrupted: nothing was left half-written")
+    assert not list(out.glob("artifacts/*/*.lock")), "no stray lock files"
+    assert not list(out.rglob("*.tmp")), "no half-written file"
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert ("already written, skipping" if stage == "trajectories" else "complete, reusing") in again.stderr
+    assert list(out.glob(f"artifacts/{stage}/*/manifest.json"))
