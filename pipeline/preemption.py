@@ -60,3 +60,14 @@ class EpochSnapshot(L.Callback):
         torch.save(self.state, tmp)
         os.replace(tmp, self.path)
         log.info("preempted: saved the state after epoch %d to %s", self.state["epoch"], self.path)
+
+
+def fit(trainer: L.Trainer, *args, **kwargs) -> None:
+    """``trainer.fit``, with Ctrl-C kept a ``KeyboardInterrupt``: Lightning shuts down on it and then exits with
+    status 1, which would read as a crash; the command line reports an interrupt as such (status 130)."""
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit as exit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from exit
+        raise

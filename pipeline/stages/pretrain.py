@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models.tokenizer import build_char_tokenizer
+from pipeline import preemption
 from pipeline.config import resolve_device
 from pipeline.data import PretrainStream, decode_answer, encode_prompt
 from pipeline.decoding.loop import decode
@@ -97,7 +98,7 @@ def pretrain(cfg: DictConfig) -> Path:
     last = work_dir / "checkpoints" / "last.ckpt"
     if last.exists():
         log.info("resuming from %s", last)
-    trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+    preemption.fit(trainer, module, loader, ckpt_path=str(last) if last.exists() else None)
     save_to = Path(pcfg.save_to)
     tmp = save_to.with_name(save_to.name + ".tmp")
     module.model.save_pretrained(tmp)
