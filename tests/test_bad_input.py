@@ -108,6 +108,8 @@ def test_refused_before_start_in_one_line_writing_nothing(tmp_path, damaged, arg
 REFUSED_AFTER_START = [
     (["stage=evaluate", "task=jsonl", "task.path={d}/accents.jsonl", "eval.num_prompts=2"], {},
      "{d}/accents.jsonl:2: the prompt 'déjà' holds characters the model's tokenizer lacks: 'djàé'"),
+    (["stage=evaluate", "task=gsm8k", "eval.num_prompts=2"], {"HF_HOME": "{d}/empty-hub-cache"},
+     "openai/gsm8k: not in the local Hugging Face cache"),
     ([MICRO, "launcher=slurm"], {"PATH": "{d}/bin-gres"},
      "launcher=slurm: sbatch refused the trajectories job: Batch job submission failed: Invalid generic resource"),
     ([MICRO, "launcher=slurm"], {"PATH": "{d}/bin-down"},
@@ -119,7 +121,9 @@ REFUSED_AFTER_START = [
 def test_refused_after_start_in_one_line_leaving_nothing(tmp_path, damaged, args, env, message):
     out = tmp_path / "out"
     args = [a.replace("{d}", str(damaged)) for a in args]
-    env = {k: f"{v.replace('{d}', str(damaged))}:{os.environ['PATH']}" for k, v in env.items()}
+    env = {k: v.replace("{d}", str(damaged)) for k, v in env.items()}
+    if "PATH" in env:
+        env["PATH"] += f":{os.environ['PATH']}"
     result = run_cli(f"output_dir={out}", *args, "progress=false", "logger=none", env=env)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
