@@ -5,9 +5,13 @@ the code that computes it (:func:`code_digest`), the settings that can change it
 inputs, so keys are known before anything runs. It is built in ``<key>.partial/`` and renamed into place together
 with ``manifest.json`` once complete, so a killed run never leaves a half artifact where a reader would find it.
 
-The manifest records a digest of the artifact's content and the content digests of the upstream artifacts it
-read. An upstream recomputed under the same key with different content (forced, nondeterministic or hand-edited)
-makes its dependents recompute (:meth:`ArtifactStore.is_current`). One lock file per artifact
+The manifest records each result file's size and sha256, a digest of the artifact's content and the content
+digests of the upstream artifacts it read. An upstream recomputed under the same key with different content
+(forced, nondeterministic or hand-edited) makes its dependents recompute (:meth:`ArtifactStore.is_current`).
+Reading an artifact checks its files against the manifest (:class:`ArtifactStore` ``verify``): a damaged one is
+recomputed where that is allowed and named in one line where it is not. Incidental files (checkpoints, training
+logs, timings) differ between identical runs and are read by no dependent, so they are left out of the record
+(:func:`incidental`): identical runs give identical digests. One lock file per artifact
 (``<key>.lock``, an ``flock``) lets concurrent runs on one output folder wait for each other; the kernel drops the
 lock of a killed run, and the next run takes it over.
 """
@@ -33,11 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PROJECT_ROOT
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-FORMAT = 2  # manifests of format 1 (before code digests and content digests) are ignored by listings
+# 3 added per-file digests ("file_digests"); format 1 (before code and content digests) is ignored by listings
+FORMAT = 3
+VERIFY = ("content", "size")
+INCIDENTAL_FOLDERS = ("checkpoints", "logs", "lightning_logs", "wandb")  # top-level folders of a work directory
+INCIDENTAL_FILES = ("timing.json", ".inputs.json")
 
 
 def content_key(payload: dict[str, Any]) -> str:
@@ -90,19 +98,41 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def incidental(name: str) -> bool:
+    """Whether a file records how a run went rather than what it computed: Lightning checkpoints (callback state,
+    paths, times), training logs, wall-clock timings kept for the manifest's figures (``timing.json``) and the work
+    directory's record of its inputs. They differ between identical runs and no dependent reads them, so they stay
+    in the folder but not in its record or digest."""
+    parts = Path(name).parts
+    return (name.endswith(".ckpt") or parts[-1] in INCIDENTAL_FILES
+            or (len(parts) > 1 and parts[0] in INCIDENTAL_FOLDERS))
+
+
 def folder_files(folder: Path) -> dict[str, int]:
-    """Relative path -> size of every file under ``folder`` except the manifest."""
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != MANIFEST}
+    """Relative path -> size of every result file under ``folder``: not the manifest, nothing incidental."""
+    found = {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {name: p.stat().st_size for name, p in found.items() if not incidental(name)}
+
+
+def content_record(folder: Path, hash_file: Callable[[Path], str] = file_digest) -> dict[str, Any]:
+    """The manifest's record of a folder's content: each result file's size (``files``) and sha256
+    (``file_digests``), and the folder's ``digest`` over both paths and bytes."""
+    files = folder_files(folder)
+    hashes = {name: hash_file(folder / name) for name in files}
+    return {"files": files, "file_digests": hashes, "digest": content_key(hashes)}
 
 
 def folder_digest(folder: Path) -> str:
-    """The content digest of a folder: every file's path and bytes."""
-    return content_key({name: file_digest(folder / name) for name in folder_files(folder)})
+    """The content digest of a folder: every result file's path and bytes."""
+    return content_record(folder)["digest"]
 
 
 class MissingArtifactError(InputError):
     """An upstream artifact is absent and ``reuse_only`` forbids computing it."""
+
+
+class DamagedArtifactError(InputError):
+    """A file of a complete artifact is missing or differs from what its manifest records."""
 
 
 @dataclass
@@ -146,24 +176,75 @@ def digests(inputs: Inputs) -> dict[str, str]:
 
 
 class ArtifactStore:
-    def __init__(self, root: str | Path) -> None:
+    """The artifacts under ``<root>/artifacts``, checked against their manifests whenever they are read.
+
+    ``verify="content"`` re-hashes every result file against the sha256 its manifest records, so an edit that keeps
+    a file's size is found; ``verify="size"`` checks presence and sizes only, the cheap mode for multi-GB artifacts
+    where a same-size edit goes unseen. A file is hashed once per store (one per invocation) while its inode, size
+    and times stay the same; a new process hashes again.
+    """
+
+    def __init__(self, root: str | Path, verify: str = "content") -> None:
+        if verify not in VERIFY:
+            raise ConfigError("verify_artifacts", verify, f"allowed: {', '.join(VERIFY)}")
         self.root = Path(root) / "artifacts"
+        self.verify = verify
+        self.hashed: dict[tuple[int, ...], str] = {}
+        self.reported: set[str] = set()
 
     def path(self, spec: ArtifactSpec) -> Path:
         return self.root / spec.stage / spec.key
 
-    def load(self, spec: ArtifactSpec) -> Artifact | None:
-        path = self.path(spec)
-        return read_artifact(path) if (path / MANIFEST).exists() else None
+    def file_digest(self, path: Path) -> str:
+        """:func:`file_digest`, remembered while the file is unchanged (same inode, size, mtime and ctime)."""
+        stat = path.stat()
+        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        if identity not in self.hashed:
+            self.hashed[identity] = file_digest(path)
+        return self.hashed[identity]
 
-    def all(self, stage: str) -> list[Artifact]:
-        """Every complete artifact of a stage written in this format (older ones cannot be checked, so they are
-        left out; their keys can never be asked for again anyway)."""
+    def read(self, path: Path) -> Artifact:
+        """The complete artifact at ``path``, its files checked; raises :class:`DamagedArtifactError`."""
+        artifact = read_artifact(path)
+        check_files(artifact, self.verify, self.file_digest)
+        return artifact
+
+    def load(self, spec: ArtifactSpec) -> Artifact | None:
+        """The complete artifact, or None when it is absent or damaged: a damaged one is logged, naming the file,
+        and the caller recomputes it as if it were absent."""
+        path = self.path(spec)
+        if not (path / MANIFEST).exists():
+            return None
+        try:
+            return self.read(path)
+        except DamagedArtifactError as damage:
+            if str(damage) not in self.reported:  # the same artifact is looked up again under its lock
+                self.reported.add(str(damage))
+                log.warning("%s %s: %s: %s; recomputing the artifact", spec.stage, spec.key, damage.path,
+                            damage.problem)
+            return None
+
+    def all(self, stage: str, where: Callable[[Artifact], bool] | None = None) -> list[Artifact]:
+        """Every complete artifact of a stage for which ``where`` holds (format 1 ones cannot be checked, so they
+        are left out; their keys can never be asked for again anyway). ``where`` sees the manifest before the files
+        are checked, so that artifacts a caller does not want cost no hashing.
+
+        A listing cannot recompute what it finds, so a damaged artifact stops it with an error naming the file.
+        """
         found = []
         for manifest in sorted((self.root / stage).glob(f"*/{MANIFEST}")):
             if manifest.parent.name.endswith(".partial") or is_older_format(manifest):
                 continue
-            found.append(read_artifact(manifest.parent))
+            listed = read_artifact(manifest.parent)
+            if where is not None and not where(listed):
+                continue
+            try:
+                check_files(listed, self.verify, self.file_digest)
+            except DamagedArtifactError as damage:
+                raise DamagedArtifactError(damage.path, damage.problem,
+                                           f"rerun `stage={stage}` with the settings that made it to recompute it, "
+                                           f"or delete {listed.path}") from None
+            found.append(listed)
         return found
 
     def is_current(self, artifact: Artifact, inputs: Inputs) -> bool:
@@ -218,14 +299,21 @@ class ArtifactStore:
         write_json_atomic(record, wanted)
 
     def check_upstream(self, spec: ArtifactSpec, reuse_only: bool) -> Artifact | None:
-        """The complete artifact, or None when it may be computed; raises when ``reuse_only`` forbids that."""
-        existing = self.load(spec)
-        if existing is None and reuse_only:
+        """The complete artifact, or None when it may be (re)computed; raises, naming the artifact or its damaged
+        file, when ``reuse_only`` forbids that."""
+        if not reuse_only:
+            return self.load(spec)
+        path = self.path(spec)
+        if not (path / MANIFEST).exists():
             raise MissingArtifactError(
-                self.path(spec), f"the {spec.stage} artifact does not exist and reuse_only=true forbids computing it",
+                path, f"the {spec.stage} artifact does not exist and reuse_only=true forbids computing it",
                 f"run `stage={spec.stage}` first or drop reuse_only",
             )
-        return existing
+        try:
+            return self.read(path)
+        except DamagedArtifactError as damage:
+            raise DamagedArtifactError(damage.path, damage.problem,
+                                       f"run `stage={spec.stage}` or drop reuse_only to recompute it") from None
 
     def lock(self, spec: ArtifactSpec, part: str = "") -> contextlib.AbstractContextManager[None]:
         """The lock of an artifact (``<key>.lock``) or of one part of it (``<key>.<part>.lock``), kept beside the
@@ -252,7 +340,7 @@ class ArtifactStore:
             "format": FORMAT, "stage": spec.stage, "key": spec.key, "code": spec.code, "settings": spec.settings,
             "inputs": spec.inputs, "input_digests": digests(inputs or {}), "labels": spec.labels,
             "figures": figures, "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "compute_seconds": round(seconds, 3), "files": folder_files(work), "digest": folder_digest(work),
+            "compute_seconds": round(seconds, 3), **content_record(work, self.file_digest),
         }
         write_json_atomic(work / MANIFEST, manifest)
         if final.exists():  # force: move the old one aside first so the swap stays atomic for readers
@@ -277,7 +365,8 @@ REQUIRED = ("stage", "key", "digest", "files", "figures", "settings")
 
 
 def read_artifact(path: Path) -> Artifact:
-    """A complete artifact, its manifest parsed and its files checked against it (present, sizes as recorded)."""
+    """An artifact with its manifest parsed, its files not yet checked (:meth:`ArtifactStore.read` checks them).
+    A manifest that cannot be read is an error, never a reason to recompute: it cannot say what the folder holds."""
     fix = f"delete {path} and rerun to recompute it"
     try:
         manifest = json.loads((path / MANIFEST).read_text())
@@ -286,13 +375,36 @@ def read_artifact(path: Path) -> Artifact:
     missing = [k for k in REQUIRED if k not in manifest] if isinstance(manifest, dict) else list(REQUIRED)
     if missing:
         raise InputError(path / MANIFEST, f"damaged manifest (missing {', '.join(missing)})", fix)
+    return Artifact(path, manifest)
+
+
+def check_files(artifact: Artifact, verify: str, hash_file: Callable[[Path], str]) -> None:
+    """Raise :class:`DamagedArtifactError` naming the first file that is missing or not the size the manifest
+    records and, with ``verify="content"``, whose sha256 differs from the recorded one.
+
+    Manifests written before per-file digests (format 2, no ``file_digests``) are checked as a whole against their
+    folder ``digest``, which covered the same files: an edit is still found, but only the folder can be named.
+    """
+    path, manifest = artifact.path, artifact.manifest
+    fix = f"delete {path} and rerun to recompute it"
     for name, size in manifest["files"].items():
         file = path / name
         actual = file.stat().st_size if file.is_file() else None
         if actual != size:
             problem = "missing" if actual is None else f"{actual} bytes where the manifest records {size}"
-            raise InputError(file, f"damaged artifact file ({problem})", fix)
-    return Artifact(path, manifest)
+            raise DamagedArtifactError(file, f"damaged artifact file ({problem})", fix)
+    if verify != "content":
+        return
+    recorded = manifest.get("file_digests")
+    if recorded is None:
+        if content_key({name: hash_file(path / name) for name in manifest["files"]}) != manifest["digest"]:
+            raise DamagedArtifactError(path, "damaged artifact (its content differs from the manifest's digest; "
+                                             "this older manifest records no per-file digests to name the file)", fix)
+        return
+    for name in manifest["files"]:
+        if hash_file(path / name) != recorded.get(name):
+            raise DamagedArtifactError(path / name, "damaged artifact file (same size, but its sha256 differs from "
+                                                    "the manifest's: changed after it was written)", fix)
 
 
 @contextlib.contextmanager

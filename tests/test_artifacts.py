@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import pipeline.artifacts as artifacts
-from pipeline.artifacts import folder_digest, folder_files, syntax_digest
+from pipeline.artifacts import content_record, syntax_digest
 from pipeline.config import PROJECT_ROOT
 from pipeline.plan import expand_grid
 from pipeline.stages import sweep, train_filter, trajectories
@@ -111,13 +111,19 @@ def test_an_edited_manifest_missing_a_field_is_named(micro_trajectories, tmp_pat
     assert "damaged manifest (missing figures)" in line
 
 
-def test_a_truncated_shard_is_named_with_what_to_do(micro_trajectories, tmp_path):
+def test_a_truncated_shard_is_recomputed_or_under_reuse_only_named_with_what_to_do(micro_trajectories, tmp_path):
     out = copy_of(micro_trajectories, tmp_path)
     (artifact,) = complete(out, "trajectories")
     (arrow,) = (artifact / "shards").glob("*/*.arrow")
-    arrow.write_bytes(arrow.read_bytes()[:64])
-    line = one_line_error(run_cli(*MICRO, "stage=train_filter", f"output_dir={out}"))
+    original = arrow.read_bytes()
+    arrow.write_bytes(original[:64])
+    line = one_line_error(run_cli(*MICRO, "stage=train_filter", "reuse_only=true", f"output_dir={out}"))
     assert line.startswith(f"error: {arrow}: damaged artifact file (64 bytes where the manifest records")
+    assert line.endswith("run `stage=trajectories` or drop reuse_only to recompute it")
+    again = run_cli(*MICRO, "stage=trajectories", f"output_dir={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{arrow}: damaged artifact file (64 bytes where the manifest records" in again.stderr
+    assert arrow.read_bytes() == original
 
 
 def test_damaged_weights_are_named_with_what_to_do(tmp_path):
@@ -127,7 +133,7 @@ def test_damaged_weights_are_named_with_what_to_do(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     line = one_line_error(run_cli("stage=evaluate", f"model.path={model}", f"output_dir={tmp_path / 'out'}",
                                   "eval.num_prompts=2", "progress=false"))
-    assert line.startswith(f"error: {model}: the model could not be loaded") and "re-download the weights" in line
+    assert line.startswith(f"error: {weights}: not a safetensors file") and "re-download the model" in line
 
 
 def test_a_full_disk_is_one_line_naming_the_path():
@@ -158,7 +164,7 @@ def replace_shard_labels(artifact: Path) -> None:
     shutil.rmtree(shard)
     edited.rename(shard)
     manifest = json.loads((artifact / "manifest.json").read_text())
-    manifest.update(files=folder_files(artifact), digest=folder_digest(artifact))
+    manifest.update(content_record(artifact))
     (artifact / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -70,8 +70,9 @@ def evaluate(ctx: StageContext, setting: DecodeSettings) -> Artifact:
             trained = train_filter.ensure(ctx, upstream=True)
             inputs["filter"] = trained
             setting = setting.replace(filter_path=str(trained.path / "filter"))
-    if setting.needs_references:
-        inputs["references"] = evaluate(ctx, vanilla_of(setting))
+    reference = evaluate(ctx, vanilla_of(setting)) if setting.needs_references else None
+    if reference is not None:  # the oracle replays the vanilla tokens alone, not its timings
+        inputs["references"] = reference.manifest.get("file_digests", {}).get("tokens.pt", reference.digest)
     existing = ctx.store.load(spec)
     if existing is not None and (not ctx.forced("sweep") or spec.key in ctx.fresh) and \
             ctx.store.is_current(existing, inputs):
@@ -79,9 +80,7 @@ def evaluate(ctx: StageContext, setting: DecodeSettings) -> Artifact:
         return existing
 
     def compute(work: Path) -> dict[str, Any]:
-        references = None
-        if "references" in inputs:
-            references = torch.load(inputs["references"].path / "tokens.pt")
+        references = torch.load(reference.path / "tokens.pt") if reference is not None else None
         examples = ctx.task.examples(ctx.cfg.sweep.split, ctx.cfg.sweep.num_prompts)
         result = evaluate_setting(ctx.loaded, ctx.task, examples, setting, progress=bool(ctx.cfg.progress),
                                   references=references)
