@@ -325,7 +325,7 @@ def wait(cfg: DictConfig, record: dict[str, Any]) -> None:
     from tqdm.auto import tqdm
 
     total = sum(len(row["parts"]) for row in record["nodes"] if row["job_id"])
-    bar = tqdm(total=total, desc=f"{record['experiment']} on Slurm", unit="job", disable=not cfg.progress,
+    bar = tqdm(total=total, desc=f"{record['experiment']} on Slurm", unit="job", disable=None if cfg.progress else True,
                file=sys.stderr)
     while True:
         summary, active = summarize(record)

@@ -30,15 +30,21 @@ def register() -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
+    """``auto`` picks CUDA when present; asking for CUDA without one, or for a GPU index the machine lacks, is an
+    error, not a silent fallback. Checked where the stage runs (a login node submitting GPU jobs has none)."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device", name, "no CUDA device is available here; allowed here: cpu, auto")
     if not (name == "cpu" or name.startswith("cuda")):
         raise ConfigError("device", name, "allowed: auto, cpu, cuda, cuda:N")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError("device", name, "no CUDA device is available here; allowed here: cpu, auto")
+        if int(name.partition(":")[2] or 0) >= count:
+            raise ConfigError("device", name, f"this machine has {count} GPU(s); allowed here: cuda, cuda:0 to "
+                                              f"cuda:{count - 1}, cpu, auto")
     return torch.device(name)
 
 

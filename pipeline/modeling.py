@@ -7,7 +7,6 @@ that ignores the attention mask is found once at load and then decoded one promp
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +38,6 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
     import models  # noqa: F401  (registers the embedded model with AutoModel)
     from models.families import adapt, honours_attention_mask
 
-    if not sys.stderr.isatty():  # a log file gets no per-shard bar (a terminal does, for a large model)
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
     path = locate(cfg.path, cfg.allow_download)
     dtype = model_dtype(cfg.dtype, device)
     trust = bool(cfg.trust_remote_code)

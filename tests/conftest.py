@@ -1,6 +1,17 @@
-"""Shared fixtures: a seeded random micro model (any weights exercise the engine) and the shipped checkpoint."""
+"""Shared fixtures: a seeded random micro model (any weights exercise the engine) and the shipped checkpoint.
+
+The suite runs offline, as on a cluster's compute nodes: the Hugging Face libraries read their offline switches when
+first imported, so they are set here before any import, and the command lines the tests start inherit them. A test
+that needs them unset says so with monkeypatch.
+"""
+# ruff: noqa: E402  (the switches must be set before the imports below load the Hugging Face libraries)
 
 from __future__ import annotations
+
+import os
+
+OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+os.environ.update(dict.fromkeys(OFFLINE, "1"))
 
 from pathlib import Path
 

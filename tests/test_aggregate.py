@@ -218,16 +218,18 @@ def test_the_markdown_keeps_the_table_first_and_adds_the_headline(rows, figures)
 def test_coinciding_points_of_a_series_are_drawn_once_with_one_annotation(rows):
     filters = sorted((r for r in rows if r["policy"] == "filter"), key=lambda r: r["speedup_nfe"])
     drawn = aggregate.point_labels(filters, "speedup_nfe")
-    assert [text for _, _, text in drawn] == ["tau=0.9", "tau=0.97", "tau=0.5/0.7", "tau=validated"]
+    assert [aggregate.combine(names) for _, _, names in drawn] == ["tau=0.9", "tau=0.97", "tau=0.5/0.7",
+                                                                    "tau=validated"]
     x, y, _ = drawn[2]
     assert x == pytest.approx(64 / 2.8) and y == pytest.approx(85.0)
     assert aggregate.combine(["tau=0.9", "tau=0.5", "tau=0.7", "tau=0.5"]) == "tau=0.5/0.7/0.9"
     assert aggregate.combine(["tau=0.9, kl<=0.01", "tau=0.7, kl<=0.01"]) == "tau=0.7, kl<=0.01 / tau=0.9, kl<=0.01"
     assert aggregate.combine(["", ""]) == ""
+    assert aggregate.combine(["egp + EoTP", "egp"]) == "egp / egp + EoTP"
     # across series of one family: threshold+EoTP with and without the dual cache sit at one point, labelled once
     thresholds = sorted((r for r in rows if r["policy"] == "threshold" and r["gen_length"] == 64),
                         key=lambda r: r["speedup_nfe"])
-    assert [t for _, _, t in aggregate.point_labels(thresholds, "speedup_nfe")] == [
+    assert [aggregate.combine(n) for _, _, n in aggregate.point_labels(thresholds, "speedup_nfe")] == [
         "tau=0.9", "tau=0.9", "tau=0.5", "tau=0.3"]
 
 
@@ -238,6 +240,67 @@ def test_the_plot_is_written_with_coinciding_points_and_validated_thresholds(row
     untitled = tmp_path / "untitled.png"
     aggregate.plot([r for r in rows if r["gen_length"] == 64], untitled)
     assert untitled.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def crowded_results():
+    """The issue's cluster: filter and rule settings a hair apart (different to 3 digits, one spot on the plot)."""
+    return [result("vanilla L=64", "vanilla", 0.93, 64.0), result("egp L=64", "egp", 0.93, 4.3),
+            result("egp eotp L=64", "egp", 0.93, 4.29, eotp=True),
+            *(result(f"filter t={t} eotp L=64", "filter", 0.85 + i / 1000, 2.8 + i / 100, threshold=t, eotp=True)
+              for i, t in enumerate((0.5, 0.6, 0.7, 0.8))),
+            *(result(f"threshold t={t} eotp L=64", "threshold", 0.848 + i / 1000, 2.82 + i / 100, threshold=t,
+                     eotp=True) for i, t in enumerate((0.5, 0.6, 0.7)))]
+
+
+def drawn_figure(rows, path, monkeypatch):
+    """The frontier figure as saved, kept open to be looked at."""
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    aggregate.plot(rows, path, aggregate.plot_title(aggregate.headline(rows, TOLERANCE)))
+    (fig,) = kept
+    return fig
+
+
+def named_settings(text: str) -> set[str]:
+    """The settings an annotation names (what aggregate.combine joined)."""
+    if " / " in text:
+        return set(text.split(" / "))
+    knob, _, values = text.partition("=")
+    return {f"{knob}={v}" for v in values.split("/")} if values and ", " not in text else {text}
+
+
+@pytest.mark.parametrize("results", [sweep_results, crowded_results])
+def test_every_point_is_labelled_and_no_label_covers_another_or_a_marker(results, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    rows = aggregate.frontier_rows(results())
+    fig = drawn_figure(rows, tmp_path / "f.png", monkeypatch)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    near = 3 * aggregate.MARKER_ROOM * renderer.points_to_pixels(1.0)  # a run of overlapping markers shares one
+    for ax in fig.axes:
+        gen_length = int(ax.get_title().split()[2].rstrip(":"))
+        speed = "speedup_nfe" if "NFE" in ax.get_title() else "speedup_wall"
+        for r in (r for r in rows if r["gen_length"] == gen_length):
+            name = r["parameter"] or aggregate.series_name(r["policy"], r["eotp"], r["cache"])
+            here = ax.transData.transform((r[speed], 100 * r["accuracy"]))
+            labels = [t for t in ax.texts if t.get_color() == aggregate.STYLES[r["policy"]][0]
+                      and name in named_settings(t.get_text()) and math.dist(ax.transData.transform(t.xy), here) < near]
+            assert len(labels) == 1, f"{ax.get_title()}: {r['label']} is named by {len(labels)} labels"
+        markers = [ax.transData.transform(xy) for line in ax.get_lines() if not line.get_label().startswith("_")
+                   for xy in line.get_xydata()]  # the series' markers; the frontier's step line is unnamed
+        boxes = {f"{t.get_text()} at {t.xy}": Text.get_window_extent(t, renderer) for t in ax.texts}
+        frame = ax.get_window_extent(renderer)
+        for name, box in boxes.items():
+            assert frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1), f"{name} leaves the axes"
+            assert not [m for m in markers if box.contains(*m)], f"{name} covers a marker"
+        clashing = [(a, b) for i, (a, box) in enumerate(boxes.items()) for b, other in list(boxes.items())[i + 1:]
+                    if aggregate.overlap(box, other)]
+        assert not clashing, f"{ax.get_title()}: overlapping labels {clashing}"
+    plt.close(fig)
 
 
 def test_without_vanilla_there_is_no_speedup_and_no_best_filter(tmp_path):
@@ -266,7 +329,8 @@ def test_the_drawn_figure_has_its_headline_labels_and_styles(rows, figures, tmp_
     assert wall.get_xlabel() == "speedup over vanilla (wall-clock: batched wall time (sweep))"
     texts = sorted(t.get_text() for t in nfe.texts)
     assert texts == sorted(["tau=0.9", "tau=0.97", "tau=0.5/0.7", "tau=validated", "tau=0.9", "tau=0.9", "tau=0.5",
-                            "tau=0.3", "f=1.0", "gamma=0.1", "tau=0.9, kl<=0.01"])
+                            "tau=0.3", "f=1.0", "gamma=0.1", "tau=0.9, kl<=0.01", "vanilla", "vanilla + EoTP", "egp",
+                            "egp + EoTP", "egp + EoTP + dual cache"])
     lines = {line.get_label(): line for line in nfe.get_lines()}
     assert lines["filter + EoTP"].get_marker() == "P" and lines["threshold + EoTP"].get_marker() == "o"
     assert lines["filter"].get_linestyle() == "--" and len(lines["filter"].get_xdata()) == 1

@@ -71,7 +71,6 @@ REFUSED_BEFORE_START = [
     ([MICRO, "output_dir=''"], "output_dir='': allowed: a folder path"),
     ([MICRO, "output_dir=/proc/x"], "output_dir=/proc/x: /proc refuses new files"),
     ([MICRO, "verify_artifacts=never"], "verify_artifacts=never: allowed: content, size"),
-    ([MICRO, "device=cuda:99"], "device=cuda:99: "),
     ([MICRO, "decode.block_length=7"], "decode.block_length=7: must divide decode.gen_length=32"),
     ([MICRO, "decode.threshold=[0.5"], "decode.threshold=[0.5: not a valid override"),
     ([MICRO, "task=jsonl", "task.path={d}/empty.jsonl"], "{d}/empty.jsonl: holds no examples"),
@@ -108,6 +107,7 @@ def test_refused_before_start_in_one_line_writing_nothing(tmp_path, damaged, arg
 REFUSED_AFTER_START = [
     (["stage=evaluate", "task=jsonl", "task.path={d}/accents.jsonl", "eval.num_prompts=2"], {},
      "{d}/accents.jsonl:2: the prompt 'déjà' holds characters the model's tokenizer lacks: 'djàé'"),
+    (["stage=evaluate", "device=cuda:99", "eval.num_prompts=2"], {}, "device=cuda:99: "),
     (["stage=evaluate", "task=gsm8k", "eval.num_prompts=2"], {"HF_HOME": "{d}/empty-hub-cache"},
      "openai/gsm8k: not in the local Hugging Face cache"),
     ([MICRO, "launcher=slurm"], {"PATH": "{d}/bin-gres"},
@@ -170,7 +170,8 @@ def interrupt(args: list[str], after: str, cwd: Path, timeout: float = 300) -> s
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, "".join(seen) + rest)
 
 
-@pytest.mark.parametrize("stage,after", [("trajectories", "shard-00000-of-00003 written"), ("sweep", "written to")])
+@pytest.mark.parametrize("stage,after", [("trajectories", "shard-00000-of-00003 written"), ("sweep", "written to"),
+                                         ("train_filter", "train_filter: epoch")])
 def test_ctrl_c_says_so_in_one_line_and_a_rerun_resumes(tmp_path, stage, after):
     """Interrupted after its first finished piece (a shard, a setting): the piece stays, the rerun finishes."""
     out = tmp_path / "out"
@@ -184,5 +185,7 @@ def test_ctrl_c_says_so_in_one_line_and_a_rerun_resumes(tmp_path, stage, after):
     assert not list(out.rglob("*.tmp")), "no half-written file"
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert ("already written, skipping" if stage == "trajectories" else "complete, reusing") in again.stderr
+    resumed = {"trajectories": "shard-00000-of-00003 already written, skipping", "sweep": "complete, reusing",
+               "train_filter": "complete, reusing"}[stage]  # (train_filter: its trajectories, finished before)
+    assert resumed in again.stderr
     assert list(out.glob(f"artifacts/{stage}/*/manifest.json"))

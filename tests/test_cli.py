@@ -200,3 +200,11 @@ def test_launcher_slurm_without_slurm_says_where_to_submit_from(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: launcher=slurm: sbatch and srun not on PATH: submit from a machine of the "
                                     "cluster, or use launcher=local"), result.stderr
+
+
+def test_a_multirun_keeps_stdout_for_results(tmp_path):
+    result = run_cli("-m", MICRO, "stage=evaluate", "eval.num_prompts=2", "decode=threshold",
+                     "decode.threshold=0.5,0.9", f"output_dir={tmp_path}", "progress=false", "logger=none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[HYDRA]" not in result.stdout and "Launching 2 jobs locally" in result.stderr
+    assert result.stdout.count("accuracy") == 2

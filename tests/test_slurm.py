@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from pipeline.config import PROJECT_ROOT
 
@@ -128,7 +130,7 @@ def test_a_multirun_job_that_raises_is_failed_on_slurm(slurm_cluster, tmp_path, 
     bad.mkdir()
     (bad / "filter.json").write_text(json.dumps({"block_length": 8, "features": ["confidence"], "num_layers": 2,
                                                  "hidden_size": None}))
-    (bad / "filter.safetensors").write_bytes(b"not a safetensors file")
+    save_file({"not.a.filter.weight": torch.zeros(3)}, bad / "filter.safetensors")  # whole, but not this filter
     submitit = tmp_path / "submitit"
     args = ["-m", "+experiment=micro", "stage=sweep", "decode=filter", f"decode.filter_path={bad}",
             "decode.threshold=0.6,0.85", f"output_dir={tmp_path}", "logger=none", "progress=false",
@@ -136,7 +138,8 @@ def test_a_multirun_job_that_raises_is_failed_on_slurm(slurm_cluster, tmp_path, 
     result = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT,
                             env=slurm_env(slurm_cluster), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "SafetensorError" in result.stderr
+    said = result.stderr + "".join(log.read_text() for log in submitit.glob("*_log.err"))
+    assert "the saved filter could not be loaded" in said, said[-3000:]
     array_id = re.search(r"JobEnvironment\(job_id=(\d+)_", next(submitit.glob("*_log.out")).read_text()).group(1)
     assert accounted_states(slurm_cluster, array_id) == {f"{array_id}_0": "FAILED", f"{array_id}_1": "FAILED"}
 

@@ -16,6 +16,7 @@ from pipeline.tasks.base import Example
 from pipeline.tasks.gsm8k import GSM8K, flexible_answer, strict_answer
 from pipeline.tasks.jsonl import JsonlTask
 from pipeline.tasks.minerva_math import MATH, SHOTS, SUBJECTS, TYPES
+from tests.conftest import OFFLINE
 
 GSM8K_DOWNLOAD = "huggingface-cli download openai/gsm8k --repo-type dataset --local-dir DIR"
 
@@ -128,7 +129,36 @@ def test_missing_data_names_the_download_command(tmp_path):
     assert GSM8K_DOWNLOAD in str(error.value)
 
 
-def test_path_null_reads_the_local_cache_offline(tmp_path, monkeypatch):
+@pytest.fixture(params=["online", "offline"])
+def hub_mode(request, monkeypatch) -> bool:
+    """Offline mode as the user left it: unset, or set (as on many clusters, and in this suite); returns it.
+    The environment and the flags the libraries read from it at import are set alike."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    offline = request.param == "offline"
+    for name in OFFLINE:
+        if offline:
+            monkeypatch.setenv(name, "1")
+        else:
+            monkeypatch.delenv(name, raising=False)
+    for module, flag in ((datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
+                         (huggingface_hub.constants, "HF_HUB_OFFLINE")):
+        monkeypatch.setattr(module, flag, offline)
+    return offline
+
+
+def assert_hub_mode_is(offline: bool) -> None:
+    """Loading forced offline mode for itself only: the user's setting is as it was."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    assert all((os.environ.get(name) == "1") is offline for name in OFFLINE)
+    assert datasets.config.HF_HUB_OFFLINE is datasets.config.HF_DATASETS_OFFLINE is offline
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is offline
+
+
+def test_path_null_reads_the_local_cache_offline(tmp_path, monkeypatch, hub_mode):
     import shutil
 
     import datasets.config
@@ -144,20 +174,30 @@ def test_path_null_reads_the_local_cache_offline(tmp_path, monkeypatch):
     shutil.copytree(built, tmp_path / "cache" / "openai___gsm8k" / "main" / "0.0.0" / "0123abcd")  # as a download
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     assert GSM8K(num_shots=2).examples("test", 4) == GSM8K(path=str(tmp_path / "src"), num_shots=2).examples("test", 4)
-    assert not datasets.config.HF_HUB_OFFLINE
+    assert_hub_mode_is(hub_mode)
 
 
-def test_an_empty_cache_fails_offline_with_the_download_command(tmp_path, monkeypatch):
+def test_an_empty_cache_fails_offline_with_the_download_command(tmp_path, monkeypatch, hub_mode):
     import datasets.config
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(InputError, match="not in the local Hugging Face cache") as error:
         GSM8K().split_size("test")
     assert "load_dataset('openai/gsm8k', 'main', split='test') offline" in str(error.value)
     assert GSM8K_DOWNLOAD in str(error.value)
-    assert "HF_HUB_OFFLINE" not in os.environ and not datasets.config.HF_HUB_OFFLINE
+    assert_hub_mode_is(hub_mode)
+
+
+def test_the_suite_runs_offline():
+    """As on a cluster's compute nodes, no test may reach the hub (nor the command lines they start, which inherit
+    the environment)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    assert all(os.environ.get(name) == "1" for name in OFFLINE)
+    assert datasets.config.HF_HUB_OFFLINE and datasets.config.HF_DATASETS_OFFLINE
+    assert huggingface_hub.constants.HF_HUB_OFFLINE
 
 
 def test_damaged_or_foreign_data_is_named(tmp_path):

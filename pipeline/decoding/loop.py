@@ -264,7 +264,7 @@ def decode(
     clock = ForwardClock(device)
     began = time.perf_counter()
     batches = range(0, len(prompts), settings.batch_size)
-    for first in tqdm(batches, desc=description, disable=not progress, unit="batch"):
+    for first in tqdm(batches, desc=description, disable=None if progress else True, unit="batch"):
         chunk = list(prompts[first : first + settings.batch_size])
         chunk_refs = None if references is None else references[first : first + len(chunk)].to(device)
         tic = time.perf_counter()

@@ -13,8 +13,16 @@ log = logging.getLogger(__name__)
 def run_stage(cfg: DictConfig) -> object:
     import torch
 
+    from pipeline.progress import bar_wanted
+
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    if not bar_wanted(bool(cfg.progress)):  # the libraries' own bars too (loading weights, saving datasets)
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     if cfg.launcher.kind == "slurm" and cfg.stage != "status":
         from pipeline.cluster import submit
 

@@ -18,8 +18,9 @@ import json
 import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -30,25 +31,38 @@ from pipeline.stages import sweep
 from pipeline.stages.common import StageContext, model_identity, plain
 from pipeline.tracking import tracking
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.backend_bases import RendererBase
+    from matplotlib.lines import Line2D
+    from matplotlib.path import Path as Polyline
+    from matplotlib.text import Annotation
+    from matplotlib.transforms import Bbox
+
 log = logging.getLogger(__name__)
 CODE = ("pipeline/stages/aggregate.py",)
+Point = tuple[float, float]  # in display pixels
 ORACLES = ("egp",)  # plotted as the ceiling, but never on the frontier: they need the answer in advance
 BASELINES = ("threshold", "factor", "entropy_bounded", "klass")  # the hand-tuned rules the filter must beat
 COLUMNS = ("label", "policy", "parameter", "eotp", "cache", "threshold", "gen_length", "accuracy", "full_match",
            "nfe_mean", "nfe_p50", "nfe_p90", "speedup_nfe", "speedup_wall", "tokens_per_s", "wall_time_s",
            "frontier_nfe", "frontier_wall", "key")
-# policy -> (colour, marker, annotation offset in points): the learned filter in a strong colour, the rules muted,
-# and each family's annotations on their own side of the marker so that families sharing a point stay legible
+# policy -> (colour, marker, side of the marker its annotations try first): the learned filter in a strong colour,
+# the rules muted, and each family's annotations on a side of their own, so families sharing a point stay legible
 STYLES: dict[str, tuple[str, str, tuple[int, int]]] = {
-    "filter": ("#d62728", "P", (5, 4)),
-    "threshold": ("#5f87ad", "o", (5, -4)),
-    "factor": ("#7a9e7a", "^", (-5, 4)),
-    "entropy_bounded": ("#b0916b", "v", (-5, -4)),
-    "klass": ("#9884b5", "D", (5, 12)),
-    "vanilla": ("#8c8c8c", "s", (5, 4)),
-    "egp": ("#3a3a3a", "*", (5, 4)),
+    "filter": ("#d62728", "P", (1, 1)),
+    "threshold": ("#5f87ad", "o", (1, -1)),
+    "factor": ("#7a9e7a", "^", (-1, 1)),
+    "entropy_bounded": ("#b0916b", "v", (-1, -1)),
+    "klass": ("#9884b5", "D", (0, 1)),
+    "vanilla": ("#8c8c8c", "s", (1, 1)),
+    "egp": ("#3a3a3a", "*", (0, 1)),
 }
-OTHER_STYLE = ("#b0b0b0", "X", (5, 4))
+OTHER_STYLE = ("#b0b0b0", "X", (1, 1))
+SIDES = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))  # (x, y) signs of an annotation
+MARKER_ROOM = 6  # points around a marker (a frontier circle's radius) that no annotation covers
+DISTANCES = (7, 12, 18, 26, 36, 48)  # points from its marker to an annotation, tried in turn: near first
+LEADER_FROM = 18  # annotations this far from their marker get a line to it
 
 
 def collect(ctx: StageContext, upstream: bool) -> list[Artifact]:
@@ -66,8 +80,8 @@ def collect(ctx: StageContext, upstream: bool) -> list[Artifact]:
 
 def labelled(ctx: StageContext) -> list[Artifact]:
     """Complete sweep results of this experiment's model, task and split, planned or not (e.g. multirun jobs)."""
-    return [a for a in ctx.store.all("sweep")
-            if ours(ctx, a) and a.manifest["settings"]["split"] == ctx.cfg.sweep.split]
+    split = ctx.cfg.sweep.split
+    return ctx.store.all("sweep", where=lambda a: ours(ctx, a) and a.manifest["settings"]["split"] == split)
 
 
 def ours(ctx: StageContext, artifact: Artifact) -> bool:
@@ -87,7 +101,7 @@ def spec(ctx: StageContext, result_keys: list[str], timed: Artifact | None = Non
 
 def latest_benchmark(ctx: StageContext) -> Artifact | None:
     """The experiment's most recent ``stage=benchmark`` result for this model and task, if any."""
-    found = [a for a in ctx.store.all("benchmark") if ours(ctx, a)]
+    found = ctx.store.all("benchmark", where=lambda a: ours(ctx, a))
     return max(found, key=lambda a: (a.path / "benchmark.json").stat().st_mtime, default=None)
 
 
@@ -344,14 +358,122 @@ def combine(parameters: list[str]) -> str:
     return " / ".join(sorted(unique, key=order))
 
 
-def point_labels(points: list[dict[str, Any]], speed: str) -> list[tuple[float, float, str]]:
+def series_name(policy: str, eotp: bool, cache: str) -> str:
+    """``threshold + EoTP + dual cache``: a line's name in the legend, and the annotation of a point without a knob."""
+    return policy + (" + EoTP" if eotp else "") + ("" if cache == "none" else f" + {cache} cache")
+
+
+def point_labels(points: list[dict[str, Any]], speed: str) -> list[tuple[float, float, list[str]]]:
     """The points of one series as drawn: those equal to 3 significant digits (speedup and accuracy) once, with
-    their parameters combined into one annotation, in the order given."""
+    the settings they stand for (parameters, or series' names where there are none, as for vanilla and the oracle),
+    in the order given: :func:`combine` makes them one annotation."""
     drawn: dict[tuple[str, str], tuple[float, float, list[str]]] = {}
     for p in points:
         x, y = p[speed], 100 * p["accuracy"]
-        drawn.setdefault((f"{x:.3g}", f"{y:.3g}"), (x, y, []))[2].append(p["parameter"])
-    return [(x, y, combine(params)) for x, y, params in drawn.values()]
+        name = p["parameter"] or series_name(p["policy"], p["eotp"], p["cache"])
+        drawn.setdefault((f"{x:.3g}", f"{y:.3g}"), (x, y, []))[2].append(name)
+    return list(drawn.values())
+
+
+@dataclass
+class Note:
+    """A point's annotation on the plot, before it is placed: the family it belongs to, the side of the marker it
+    tries first, and the settings it names."""
+
+    annotation: Annotation
+    policy: str
+    side: tuple[int, int]
+    names: list[str]
+
+
+def merge_neighbours(ax: Axes, notes: list[Note], room: float) -> list[tuple[Note, list[Point]]]:
+    """One annotation for a run of points of one family each less than ``room`` display pixels from another
+    (markers that overlap read as one point): the first one's, naming all their settings, with the display points
+    it stands for; the others are removed."""
+    kept: list[tuple[Note, list[Point]]] = []
+    for note in notes:
+        here = tuple(ax.transData.transform(note.annotation.xy))
+        same = next(((k, points) for k, points in kept
+                     if k.policy == note.policy and any(math.dist(p, here) < room for p in points)), None)
+        if same is None:
+            kept.append((note, [here]))
+            continue
+        same[1].append(here)
+        same[0].names += note.names
+        same[0].annotation.set_text(combine(same[0].names))
+        note.annotation.remove()
+    return kept
+
+
+def place_annotations(ax: Axes, notes: list[Note], renderer: RendererBase) -> None:
+    """Merge the annotations of overlapping markers, then move each to the nearest spot, its preferred side first,
+    where it stays inside the axes, covers no other annotation, marker or the legend, is nearer its own markers than
+    any other, and crosses no line; failing that, to the spot that clashes least. A far one keeps a thin line to its
+    marker. Needs the figure laid out (drawn) once."""
+    from matplotlib.transforms import Bbox
+
+    room = MARKER_ROOM * renderer.points_to_pixels(1.0)
+    groups = merge_neighbours(ax, notes, room)
+    legend = ax.get_legend()
+    taken = [legend.get_window_extent(renderer)] if legend else []
+    taken += [Bbox.from_extents(x - room, y - room, x + room, y + room) for _, points in groups for x, y in points]
+    lines = [drawn_path(line) for line in ax.get_lines()]
+    frame = ax.get_window_extent(renderer)
+    for note, own in groups:
+        others = [p for n, points in groups if n is not note for p in points]  # markers it could be taken for
+        best, fewest = (note.side, DISTANCES[0]), math.inf
+        for distance in DISTANCES:
+            for side in (note.side, *(s for s in SIDES if s != note.side)):
+                box = move(note.annotation, side, distance, renderer)
+                misleading = min((gap(box, p) for p in others), default=math.inf) < min(gap(box, p) for p in own)
+                score = clashes(box, taken, lines, frame) + 4 * misleading
+                if score < fewest:
+                    best, fewest = (side, distance), score
+            if not fewest:
+                break
+        taken.append(move(note.annotation, *best, renderer))
+        if best[1] < LEADER_FROM:  # near enough to need no line
+            note.annotation.arrowprops = note.annotation.arrow_patch = None
+
+
+def move(annotation: Annotation, side: tuple[int, int], distance: int, renderer: RendererBase) -> Bbox:
+    """Put an annotation ``distance`` points from its marker on ``side``; returns its text's display box."""
+    from matplotlib.text import Text
+
+    annotation.xyann = (side[0] * distance, side[1] * distance)
+    annotation.set_horizontalalignment({1: "left", 0: "center", -1: "right"}[side[0]])
+    annotation.set_verticalalignment({1: "bottom", 0: "center", -1: "top"}[side[1]])
+    return Text.get_window_extent(annotation, renderer)
+
+
+def clashes(box: Bbox, boxes: list[Bbox], lines: list[Polyline], frame: Bbox) -> int:
+    """How badly a label's box sits: 10 for each box it covers and for leaving the frame, 1 for each line it
+    crosses (a line behind a label still reads)."""
+    inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+    return (10 * (sum(overlap(box, other) for other in boxes) + (not inside))
+            + sum(line.intersects_bbox(box, filled=False) for line in lines))
+
+
+def overlap(a: Bbox, b: Bbox) -> bool:
+    """Whether two display boxes share some area (touching edges do not count)."""
+    return min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0)
+
+
+def gap(box: Bbox, point: Point) -> float:
+    """The distance from a display point to a box (0 inside it)."""
+    x, y = point
+    return math.hypot(max(box.x0 - x, 0, x - box.x1), max(box.y0 - y, 0, y - box.y1))
+
+
+def drawn_path(line: Line2D) -> Polyline:
+    """A plotted line as drawn, in display coordinates (with its steps, if it has them)."""
+    from matplotlib.cbook import STEP_LOOKUP_MAP
+    from matplotlib.path import Path as Polyline
+
+    xy = line.get_xydata()
+    if line.get_drawstyle() != "default" and len(xy):
+        xy = list(zip(*STEP_LOOKUP_MAP[line.get_drawstyle()](*xy.T)))
+    return Polyline(line.axes.transData.transform(xy))
 
 
 def legend_order(series: tuple[str, bool, str]) -> tuple[int, str, bool, str]:
@@ -363,16 +485,18 @@ def legend_order(series: tuple[str, bool, str]) -> tuple[int, str, bool, str]:
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Accuracy against NFE and wall-clock speedup, one row of panels per gen length: one line per policy, EoTP and
-    cache (dashed: without EoTP; hollow markers: with a KV cache), each point annotated with its parameter, the
-    Pareto frontier circled, and ``title`` (the headline in words) above."""
+    cache (dashed: without EoTP; hollow markers: with a KV cache), each point annotated with its parameter (or its
+    series' name) clear of the other annotations and markers, the Pareto frontier circled, and ``title`` (the
+    headline in words) above."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     lengths = sorted({r["gen_length"] for r in rows})
-    fig, axes = plt.subplots(len(lengths), 2, figsize=(11, 4.2 * len(lengths) + 0.3 * bool(title)),
+    fig, axes = plt.subplots(len(lengths), 2, figsize=(11, 4.2 * len(lengths) + 0.3 * bool(title)), dpi=110,
                              squeeze=False, layout="constrained")
+    notes: dict[Axes, list[Note]] = {}
     for row_axes, gen_length in zip(axes, lengths):
         group = [r for r in rows if r["gen_length"] == gen_length]
         for ax, axis, name in zip(row_axes, ("nfe", "wall"), ("NFE", "wall-clock")):
@@ -384,19 +508,22 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
                              key=lambda r: r[speed])
                 drawn = point_labels(pts, speed)
                 learned = policy == "filter"
-                label = policy + (" + EoTP" if eotp else "") + ("" if cache == "none" else f" + {cache} cache")
+                label = series_name(policy, eotp, cache)
                 ax.plot([x for x, _, _ in drawn], [y for _, y, _ in drawn], marker=marker, color=colour,
                         markerfacecolor=colour if cache == "none" else "white", linestyle="-" if eotp else "--",
                         linewidth=2 if learned else 1.2, markersize=8 if learned else 6, zorder=4 if learned else 2,
                         label=label)
             for policy in dict.fromkeys(policy for policy, _, _ in series):  # one annotation per point and family
-                colour, _, offset = STYLES.get(policy, OTHER_STYLE)
+                colour, _, side = STYLES.get(policy, OTHER_STYLE)
                 pts = sorted((r for r in group if r["policy"] == policy), key=lambda r: r[speed])
-                for x, y, text in point_labels(pts, speed):
-                    if text and math.isfinite(x):
-                        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=6,
-                                    color=colour, ha="left" if offset[0] > 0 else "right",
-                                    va="bottom" if offset[1] > 0 else "top", zorder=5)
+                for x, y, names in point_labels(pts, speed):
+                    if math.isfinite(x):  # placed once the figure is laid out; the layout leaves them out
+                        annotation = ax.annotate(
+                            combine(names), (x, y), xytext=(0, 0), textcoords="offset points", fontsize=6.5,
+                            color=colour, zorder=5, in_layout=False, arrowprops={
+                                "arrowstyle": "-", "color": colour, "linewidth": 0.5, "shrinkA": 1,
+                                "shrinkB": MARKER_ROOM})
+                        notes.setdefault(ax, []).append(Note(annotation, policy, side, names))
             front = sorted((r for r in group if r[f"frontier_{axis}"]), key=lambda r: r[speed])
             ax.plot([p[speed] for p in front], [100 * p["accuracy"] for p in front], color="black",
                     linewidth=1, drawstyle="steps-post", zorder=0)
@@ -413,7 +540,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
         row_axes[0].legend(fontsize=7, loc="lower left")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110)
+    fig.canvas.draw()  # fixes the layout, so that annotations can be placed where they show
+    for ax, placed in notes.items():
+        place_annotations(ax, placed, fig.canvas.get_renderer())
+    fig.savefig(path)
     plt.close(fig)
 
 

@@ -6,7 +6,9 @@ import contextlib
 import functools
 import hashlib
 import logging
+import re
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +35,44 @@ DECODING_CODE = (
 HASHED_WEIGHTS_LIMIT = 256 * 2**20  # hash weight files up to this size; larger (hub) models are named by path
 
 
+# Lightning's messages that tell our users nothing: hardware it did not use, adverts, the expected end of training,
+# and hints about its own set-up that the pipeline has already weighed (regexes matched at a message's start).
+LIGHTNING_CHATTER = (
+    r"GPU available: ", r"TPU available: ", r"HPU available: ", r"💡 Tip: ", r"`Trainer\.fit` stopped: `max_",
+    r"Seed set to ", r"LOCAL_RANK: ", r"You are using a CUDA device .* that has Tensor Cores",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"The '\w+' does not have many workers",
+    r"The `srun` command is available on your system but is not used",
+    r"Checkpoint directory .* exists and is not empty",
+    r"\s*Detected KeyboardInterrupt, attempting graceful shutdown",  # the command line says "interrupted: ..."
+)
+# where Lightning logs them (its warnings go through the warnings module)
+LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                     "lightning.fabric.utilities.seed", "lightning.pytorch.accelerators.cuda")
+_CHATTER = re.compile("|".join(LIGHTNING_CHATTER))
+
+
+def _not_chatter(record: logging.LogRecord) -> bool:
+    return _CHATTER.match(record.getMessage()) is None
+
+
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Lightning's progress bars and tables go to stderr (stdout carries results only), and its log lines print
-    once: ``lightning/__init__.py`` adds a console handler of its own beside the root logger's."""
+    """Lightning's progress bars and tables go to stderr (stdout carries results only), its log lines print once
+    (``lightning/__init__.py`` adds a console handler of its own beside the root logger's), and its chatter
+    (``LIGHTNING_CHATTER``), repeated in every run, not at all; its real warnings still show."""
     if logging.getLogger().hasHandlers():
         logging.getLogger("lightning").handlers.clear()
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(_not_chatter)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            for pattern in LIGHTNING_CHATTER:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(_not_chatter)
 
 
 @functools.lru_cache(maxsize=8)
@@ -79,7 +111,7 @@ class StageContext:
     fresh: set[str] = field(default_factory=set, init=False)  # artifact keys computed by this invocation
 
     def __post_init__(self) -> None:
-        self.store = ArtifactStore(self.cfg.output_dir)
+        self.store = ArtifactStore(self.cfg.output_dir, verify=self.cfg.verify_artifacts)
 
     @property
     def device(self) -> torch.device:

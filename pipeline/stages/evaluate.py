@@ -1,8 +1,13 @@
-"""Stage ``evaluate``: decode a task split under the chosen ``decode`` setting and print its metrics."""
+"""Stage ``evaluate``: decode a task split under the chosen ``decode`` setting and print its metrics.
+
+The metrics are the stage's result, so they go to stdout as a small table; the log line on stderr keeps them
+beside the rest of the run's log.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -10,6 +15,7 @@ from pipeline.config import resolve_device
 from pipeline.evaluation import evaluate_setting
 from pipeline.modeling import load_model
 from pipeline.plan import decode_settings
+from pipeline.stages.sweep import describe
 from pipeline.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
@@ -28,4 +34,19 @@ def run(cfg: DictConfig) -> dict:
         cfg.decode.policy, cfg.decode.gen_length, cfg.decode.block_length, cfg.decode.eotp, m["accuracy"],
         m["full_match"], m["nfe_mean"], m["nfe_p50"], m["nfe_p90"], m["tokens_per_s"], m["wall_time_s"],
     )
+    print(table(f"{cfg.model.name} on {task.name} {cfg.eval.split}: {describe(settings)} block={settings.block_length}",
+                m))
     return m
+
+
+def table(heading: str, m: dict[str, Any]) -> str:
+    """The metrics as a user reads them: one named figure a line under the setting they were measured with."""
+    lines = [
+        ("prompts", f"{m['num_samples']}"),
+        ("accuracy", f"{100 * m['accuracy']:.1f}%"),
+        ("full match", f"{100 * m['full_match']:.1f}%"),
+        ("NFE", f"mean {m['nfe_mean']:.1f}, p50 {m['nfe_p50']:g}, p90 {m['nfe_p90']:g}"),
+        ("tokens/s", f"{m['tokens_per_s']:.1f}"),
+        ("wall time", f"{m['wall_time_s']:.1f} s"),
+    ]
+    return "\n".join([heading, *(f"  {name:<11} {value}" for name, value in lines)])

@@ -22,6 +22,7 @@ from pipeline.decoding.loop import decode
 from pipeline.decoding.policies import Vanilla
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.pretrain import DiffusionPretraining
+from pipeline.progress import bar_wanted
 from pipeline.stages.common import quiet_lightning
 from pipeline.tasks.registry import build_task
 
@@ -92,7 +93,8 @@ def pretrain(cfg: DictConfig) -> Path:
         logger=L.pytorch.loggers.CSVLogger(work_dir, name="logs"),
         default_root_dir=work_dir,
         log_every_n_steps=25,
-        enable_progress_bar=bool(cfg.progress),
+        enable_progress_bar=bar_wanted(bool(cfg.progress)),
+        enable_model_summary=False,  # the parameter count is logged; the table would repeat in every job log
         gradient_clip_val=1.0,
     )
     last = work_dir / "checkpoints" / "last.ckpt"

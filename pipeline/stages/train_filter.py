@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from pipeline import preemption
 from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
 from pipeline.errors import InputError
+from pipeline.progress import EpochLog, bar_wanted
 from pipeline.stages import trajectories
 from pipeline.stages.common import StageContext, plain, quiet_lightning
 from pipeline.tracking import tracking
@@ -125,18 +126,21 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
         # handler stays off, so exactly one side acts on it.
         plugins.append(SLURMEnvironment(auto_requeue=False))
         callbacks.append(snapshot)
+    bar = bar_wanted(bool(cfg.progress))
+    if not bar:
+        callbacks.append(EpochLog("train_filter", tf.max_epochs))
     loggers = [L.pytorch.loggers.CSVLogger(work, name="logs", version=0)]
     if tracker.run is not None:
         loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
     trainer = L.Trainer(
         max_epochs=tf.max_epochs, accelerator="gpu" if ctx.device.type == "cuda" else "cpu", devices=1,
-        callbacks=callbacks, logger=loggers, enable_progress_bar=bool(cfg.progress),
+        callbacks=callbacks, logger=loggers, enable_progress_bar=bar,
         check_val_every_n_epoch=tf.val_every_n_epochs, log_every_n_steps=1, default_root_dir=work,
         enable_model_summary=False, plugins=plugins,
     )
     last = resumable(work / "checkpoints" / "last.ckpt")
     with preemption.saver(snapshot.save):
-        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last else None)
+        preemption.fit(trainer, module, datamodule=data, ckpt_path=str(last) if last else None)
     stopped = trainer.current_epoch
     if best is not None and best.best_model_path:
         module.load_state_dict(torch.load(best.best_model_path, map_location=module.device,
