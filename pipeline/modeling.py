@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -31,6 +32,16 @@ class LoadedModel:
     honours_attention_mask: bool = True  # False: batched left padding would change outputs; decode one at a time
 
 
+def snapshot(path: str, local_only: bool) -> str:
+    """A local folder holding the checkpoint: ``path`` itself, or the hub's snapshot of it (downloaded only when
+    allowed)."""
+    if Path(path).is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(path, local_files_only=local_only)
+
+
 def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
     from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
@@ -44,13 +55,19 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
     local_only = not cfg.allow_download
     fix = ("re-download the weights, or for the embedded model rebuild them with `python -m pipeline stage=pretrain` "
            "(or `git checkout models/checkpoints`)")
+    native = cfg.family != "embedded" and cfg.implementation == "native"
     try:
-        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust, local_files_only=local_only)
+        if native:
+            from models.checkpoint import load_native
+
+            model = load_native(snapshot(path, local_only), dtype, device)
+        else:
+            model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, local_files_only=local_only)
     except (OSError, ValueError, RuntimeError, KeyError, ImportError, SafetensorError) as error:  # damaged files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(path, f"the model could not be loaded ({type(error).__name__}: {first})", fix) from error
-    model = adapt(model.to(device).eval(), cfg.family)
+    model = model if native else adapt(model.to(device).eval(), cfg.family)
     mask_id = cfg.mask_token_id or getattr(model.config, "mask_token_id", None) or tokenizer.mask_token_id
     eos_id = cfg.eos_token_id or tokenizer.eos_token_id
     if mask_id is None or eos_id is None:

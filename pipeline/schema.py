@@ -21,6 +21,7 @@ from pipeline.decoding.settings import DecodeSettings
 class ModelConfig:
     name: str = MISSING
     family: str = "embedded"  # embedded | llada | dream: how the model is called and read (models/families.py)
+    implementation: str = "native"  # llada, dream: native (models/llada.py, models/dream.py) | remote (hub code)
     path: str = MISSING  # a local directory, or a hub id found in the local hub cache
     allow_download: bool = False
     dtype: str = "auto"

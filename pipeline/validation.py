@@ -32,6 +32,7 @@ FEATURES = ("confidence", "entropy", "margin", "position", "step", "committed", 
 DEVICE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FAMILIES = ("embedded", "llada", "dream")  # models/families.py
+IMPLEMENTATIONS = ("native", "remote")  # models/checkpoint.py, or the hub's modeling code
 LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
 TRAJECTORY_POLICIES = ("egp", "vanilla")
@@ -157,9 +158,10 @@ def check_model(cfg: DictConfig) -> None:
     m = cfg.model
     one_of(m.family, "model.family", FAMILIES)
     one_of(m.dtype, "model.dtype", DTYPES)
-    if m.family != "embedded" and not m.trust_remote_code:
-        raise ConfigError("model.trust_remote_code", False, f"a {m.family} model runs its own modeling code; "
-                                                            "allowed: true")
+    one_of(m.implementation, "model.implementation", IMPLEMENTATIONS)
+    if m.family != "embedded" and m.implementation == "remote" and not m.trust_remote_code:
+        raise ConfigError("model.trust_remote_code", False, f"model.implementation=remote runs the {m.family} "
+                                                            "model's own modeling code; allowed: true")
     check_model_files(Path(locate(m.path, m.allow_download)))
 
 

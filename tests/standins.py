@@ -428,3 +428,53 @@ def _write_tokenizer(directory: Path, specials: dict[str, int], chat_template: s
                 "chat_template": chat_template}
     (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2))
     (directory / "special_tokens_map.json").write_text(json.dumps(roles, indent=2))
+
+
+LLADA_OFFICIAL_CONFIG = {  # the fields of LLaDA-8B-Instruct's config.json, at stand-in sizes
+    "architectures": ["LLaDAModelLM"], "model_type": "llada", "activation_type": "silu", "alibi": False,
+    "attention_layer_norm": False, "block_group_size": 1, "block_type": "llama", "d_model": 16,
+    "embedding_size": 126464, "include_bias": False, "include_qkv_bias": False, "input_emb_norm": False,
+    "layer_norm_type": "rms", "layer_norm_with_affine": True, "bias_for_layer_norm": False, "mask_token_id": 126336,
+    "eos_token_id": 126081, "pad_token_id": 126081, "max_sequence_length": 4096, "mlp_hidden_size": 48,
+    "mlp_ratio": 4, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "rms_norm_eps": 1e-05, "rope": True,
+    "rope_full_precision": True, "rope_theta": 500000.0, "scale_logits": False, "vocab_size": 126464,
+    "weight_tying": False, "use_cache": False,
+}
+
+
+def write_llada_official(directory: Path, seed: int = 0, shards: int = 2, **changes: object) -> Path:
+    """A tiny random LLaDA in the official checkpoint layout, read by the native implementation: ``config.json``
+    under the official field names, the official parameter names (``model.transformer...``) split over ``shards``
+    safetensors files listed by ``model.safetensors.index.json``, and LLaDA's tokenizer ids. No modeling code.
+
+    The head's rows outside the bytes and the special tokens are zero and the others scaled up, so greedy decoding
+    writes readable bytes, as with the remote-code stand-ins."""
+    from safetensors.torch import save_file
+
+    from models.llada import LLaDAConfig, LLaDAModel
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {**LLADA_OFFICIAL_CONFIG, **changes}
+    torch.manual_seed(seed)
+    model = LLaDAModel(LLaDAConfig.from_dict(config))
+    state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
+    if "model.transformer.ff_out.weight" in state:
+        head = state["model.transformer.ff_out.weight"]
+        reachable = torch.zeros(head.shape[0], dtype=torch.bool)
+        reachable[:256] = True
+        reachable[[i for i in _LLADA_SPECIALS.values() if i != LLADA_IDS["mask"]]] = True
+        head[~reachable] = 0.0
+        head[reachable] *= 30.0
+    names = sorted(state)
+    weight_map = {}
+    for index in range(shards):
+        file = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
+        part = names[index::shards]
+        save_file({name: state[name] for name in part}, directory / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    _write_tokenizer(directory, _LLADA_SPECIALS, _LLADA_TEMPLATE,
+                     {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
+    return directory

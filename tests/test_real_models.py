@@ -65,13 +65,14 @@ def test_prompts_go_through_the_chat_template_and_end_of_turn_ends_the_answer(st
     assert decode_answer(tokenizer, window, (LLADA_IDS["eos"], LLADA_IDS["eot"])) == "4"
 
 
+REMOTE = ["model.implementation=remote", "model.trust_remote_code=true"]  # these stand-ins ship modeling code
 SMALL = ["decode.gen_length=16", "decode.block_length=8", "eval.num_prompts=4", "progress=false", "logger=none"]
 
 
 @pytest.mark.parametrize("preset,name", [("llada_8b_instruct", "llada"), ("llada_1_5_8b", "llada_ignoring"),
                                          ("dream_7b_instruct", "dream")])
 def test_evaluate_runs_each_preset_on_its_stand_in(standins, prompts_file, tmp_path, preset, name):
-    result = run_cli("stage=evaluate", f"model={preset}", f"model.path={standins[name]}", "task=jsonl",
+    result = run_cli("stage=evaluate", f"model={preset}", f"model.path={standins[name]}", *REMOTE, "task=jsonl",
                      f"task.path={prompts_file}", "task.chat_template=true", "decode=threshold", "decode.eotp=true",
                      f"output_dir={tmp_path}", *SMALL)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -97,7 +98,7 @@ def test_missing_weights_name_the_path_and_how_to_provide_them(tmp_path):
 @pytest.mark.parametrize("preset,name", [("llada_8b_instruct", "llada"), ("dream_7b_instruct", "dream")])
 def test_the_whole_pipeline_runs_on_a_stand_in(standins, prompts_file, tmp_path, preset, name):
     own_prompts = ["+task@trajectories.task=jsonl", f"trajectories.task.path={prompts_file}"] if name == "dream" else []
-    result = run_cli("+experiment=micro", f"model={preset}", f"model.path={standins[name]}", "task=jsonl",
+    result = run_cli("+experiment=micro", f"model={preset}", f"model.path={standins[name]}", *REMOTE, "task=jsonl",
                      f"task.path={prompts_file}", "trajectories.batch_size=8", *own_prompts,
                      "sweep.num_prompts=4", "train_filter.max_epochs=20", f"output_dir={tmp_path}", "logger=none",
                      "progress=false", timeout=900)

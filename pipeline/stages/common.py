@@ -30,7 +30,7 @@ DECODING_CODE = (
     "pipeline/decoding/schedule.py", "pipeline/decoding/settings.py", "pipeline/tasks/base.py",
     "pipeline/tasks/arith.py", "pipeline/tasks/chain.py", "pipeline/tasks/registry.py", "pipeline/tasks/gsm8k.py",
     "pipeline/tasks/minerva_math.py", "pipeline/tasks/code.py", "pipeline/tasks/jsonl.py", "pipeline/tasks/hub.py",
-    "pipeline/sandbox.py", "models/families.py",
+    "pipeline/sandbox.py", "models/families.py", "models/llada.py", "models/checkpoint.py",
 )
 HASHED_WEIGHTS_LIMIT = 256 * 2**20  # hash weight files up to this size; larger (hub) models are named by path
 
@@ -90,7 +90,10 @@ def _weights_digest(path: str) -> str:
 
 def model_identity(model_cfg: DictConfig) -> dict[str, Any]:
     """What identifies the model in artifact keys: its name and a digest of its weights."""
-    return {"name": model_cfg.name, "weights": _weights_digest(str(model_cfg.path)), "dtype": model_cfg.dtype}
+    identity = {"name": model_cfg.name, "weights": _weights_digest(str(model_cfg.path)), "dtype": model_cfg.dtype}
+    if model_cfg.family != "embedded":  # native and remote code may round differently
+        identity["implementation"] = model_cfg.implementation
+    return identity
 
 
 def plain(cfg: DictConfig | dict | None) -> dict[str, Any]:
