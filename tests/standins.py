@@ -478,3 +478,44 @@ def write_llada_official(directory: Path, seed: int = 0, shards: int = 2, **chan
     _write_tokenizer(directory, _LLADA_SPECIALS, _LLADA_TEMPLATE,
                      {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
     return directory
+
+
+DREAM_OFFICIAL_CONFIG = {  # the fields of a Dream-v0-Instruct-7B config.json, at stand-in sizes
+    "architectures": ["DreamModel"], "model_type": "Dream", "hidden_act": "silu", "hidden_size": 16,
+    "intermediate_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+    "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "rope_scaling": None,
+    "tie_word_embeddings": False, "vocab_size": 151667, "mask_token_id": DREAM_IDS["mask"],
+    "pad_token_id": DREAM_IDS["eos"], "eos_token_id": DREAM_IDS["eos"], "bos_token_id": 151665,
+}
+
+
+def write_dream_official(directory: Path, seed: int = 0, shards: int = 2) -> Path:
+    """A tiny random Dream in the official checkpoint layout (no modeling code), with Dream's tokenizer ids; the
+    head favours bytes and special tokens, as :func:`write_llada_official`'s does."""
+    from safetensors.torch import save_file
+
+    from models.dream import DreamConfig, DreamModel
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = DreamModel(DreamConfig.from_dict(DREAM_OFFICIAL_CONFIG))
+    state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
+    head = state["lm_head.weight"]
+    reachable = torch.zeros(head.shape[0], dtype=torch.bool)
+    reachable[:256] = True
+    reachable[[i for i in _DREAM_SPECIALS.values() if i != DREAM_IDS["mask"]]] = True
+    head[~reachable] = 0.0
+    head[reachable] *= 30.0
+    names = sorted(state)
+    weight_map = {}
+    for index in range(shards):
+        file = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({name: state[name] for name in names[index::shards]}, directory / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names[index::shards], file))
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (directory / "config.json").write_text(json.dumps(DREAM_OFFICIAL_CONFIG, indent=2))
+    _write_tokenizer(directory, _DREAM_SPECIALS, _DREAM_TEMPLATE,
+                     {"bos_token": "<|beginoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                      "mask_token": "<|mask|>"})
+    return directory

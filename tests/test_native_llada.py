@@ -131,3 +131,38 @@ def test_the_decoding_loop_runs_the_native_model_with_each_cache(official, tmp_p
                      f"output_dir={tmp_path / 'out'}", "progress=false", "logger=none")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "accuracy" in result.stdout and "ignores the attention mask" not in result.stderr
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("cache,later_length", [("none", None), ("prefix", "to the end"), ("dual", 8)])
+def test_cached_steps_run_shorter_sequences_on_the_native_models(tmp_path, family, cache, later_length):
+    """As for the embedded model: only a block's first step runs prompt + window; the others run from the block on
+    (prefix) or the block alone (dual)."""
+    from pipeline.decoding.loop import decode
+    from pipeline.decoding.policies import Vanilla
+    from pipeline.decoding.settings import DecodeSettings
+    from tests.standins import DREAM_IDS, write_dream_official
+
+    writer, ids = (write_llada_official, LLADA_IDS) if family == "llada" else (write_dream_official, DREAM_IDS)
+    model = load_native(writer(tmp_path / family), torch.float32, CPU)
+    lengths: list[tuple[int, int]] = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append((kwargs["input_ids"].shape[1] if "input_ids" in kwargs
+                                                     else args[0].shape[1], kwargs.get("past_offset", 0))),
+        with_kwargs=True)
+    prompt = [[40, 41, 42, 43, 44, 45]]
+    try:
+        out = decode(model, prompt, Vanilla(), DecodeSettings(gen_length=32, block_length=8, cache=cache),
+                     ids["mask"], ids["eos"])
+    finally:
+        hook.remove()
+    full = len(prompt[0]) + 32
+    assert len(lengths) == int(out.nfe[0]) == 32
+    assert all(lengths[i][0] == full for i in range(0, 32, 8))
+    others = [length for i, length in enumerate(lengths) if i % 8]
+    if later_length is None:
+        assert all(length == full for length, _ in others)
+    elif later_length == "to the end":
+        assert all(length == full - offset and offset >= len(prompt[0]) for length, offset in others)
+    else:
+        assert all(length == later_length for length, _ in others)

@@ -30,7 +30,8 @@ DECODING_CODE = (
     "pipeline/decoding/schedule.py", "pipeline/decoding/settings.py", "pipeline/tasks/base.py",
     "pipeline/tasks/arith.py", "pipeline/tasks/chain.py", "pipeline/tasks/registry.py", "pipeline/tasks/gsm8k.py",
     "pipeline/tasks/minerva_math.py", "pipeline/tasks/code.py", "pipeline/tasks/jsonl.py", "pipeline/tasks/hub.py",
-    "pipeline/sandbox.py", "models/families.py", "models/llada.py", "models/checkpoint.py",
+    "pipeline/sandbox.py", "models/families.py", "models/llada.py", "models/dream.py",
+    "models/checkpoint.py",
 )
 HASHED_WEIGHTS_LIMIT = 256 * 2**20  # hash weight files up to this size; larger (hub) models are named by path
 
