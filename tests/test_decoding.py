@@ -147,11 +147,11 @@ def test_eotp_keeps_the_text_before_the_first_end_of_text_under_the_oracle(shipp
     assert cut.nfe.sum() < vanilla.nfe.sum()
 
 
-def test_learn2pd_eotp_cuts_earlier_and_the_oracle_stays_exact_under_it(shipped_model):
+def test_the_filled_learn2pd_eotp_cuts_earlier_and_the_oracle_stays_exact_under_it(shipped_model):
     model, tokenizer = shipped_model
     prompts = prompts_for(tokenizer, 16)
     settings = DecodeSettings(gen_length=128, block_length=32, batch_size=16, eotp=True)
-    learn2pd = settings.replace(eotp_rule="learn2pd")
+    learn2pd = settings.replace(eotp_rule="learn2pd_filled")
     vanilla = decode(model, prompts, Vanilla(), settings.replace(eotp=False), MASK, EOS)
     oracle = decode(model, prompts, ExtremelyGreedy(), learn2pd, MASK, EOS, references=vanilla.tokens)
     for ref, out in zip(vanilla.tokens.tolist(), oracle.tokens.tolist()):
@@ -165,7 +165,7 @@ def test_learn2pd_eotp_cuts_earlier_and_the_oracle_stays_exact_under_it(shipped_
     assert sum(a == b for a, b in zip(texts, cut)) >= 14, "the cut position itself ends the text (no run-on)"
 
 
-def test_learn2pd_eotp_cuts_after_the_most_confident_predicted_end_of_text(tokenizer):
+def test_the_filled_learn2pd_eotp_cuts_after_the_most_confident_predicted_end_of_text(tokenizer):
     """A model sure of end-of-text at window position 5, less sure at 9: end-of-text from position 5 on."""
     prompts = prompts_for(tokenizer, 1)
 
@@ -178,7 +178,7 @@ def test_learn2pd_eotp_cuts_after_the_most_confident_predicted_end_of_text(token
                     logits[:, len(prompts[0]) + offset, EOS] = value
             return type("Out", (), {"logits": logits})()
 
-    settings = DecodeSettings(gen_length=32, block_length=8, eotp=True, eotp_rule="learn2pd")
+    settings = DecodeSettings(gen_length=32, block_length=8, eotp=True, eotp_rule="learn2pd_filled")
     out = decode(EndsAtFive(), prompts, Threshold(0.99), settings, MASK, EOS)
     window = out.tokens[0].tolist()
     assert window[5:] == [EOS] * 27 and EOS not in window[:5]
@@ -394,3 +394,45 @@ def test_masked_run_before_counts_masks_back_to_the_committed_text():
                     masked, torch.ones(2, dtype=torch.long), torch.arange(2), 0, 0, 0)
     run = block_features(view, ("masked_run_before",), 5)[..., 0] * 5
     assert run.tolist() == [[0, 0, 1, 2, 0], [0, 1, 2, 3, 4]]
+
+
+@torch.no_grad()
+def predict_eot_restated(model, prompt: list[int], gen_length: int, block_length: int, eos: int) -> list[int]:
+    """Learn2PD's ``generate_predict_eot`` (official ``llada/generate.py``) re-stated for one prompt at one token
+    per step: the most confident masked position predicting end-of-text, chosen before the step's commit, truncates
+    the sequence after it; the generated part is returned padded with end-of-text to ``gen_length``."""
+    x = torch.tensor([prompt + [MASK] * gen_length])
+    p_len = len(prompt)
+    for block in range(gen_length // block_length):
+        block_end = p_len + (block + 1) * block_length
+        for _ in range(block_length):
+            masked = x == MASK
+            if not masked.any():
+                break
+            logits = model(x).logits.float()
+            logits[..., MASK] = float("-inf")
+            probs = torch.softmax(logits, -1)
+            x0_p, x0 = probs.max(-1)
+            end_conf = torch.where((x0 == eos) & masked, x0_p, torch.tensor(float("-inf")))
+            x0_p[:, block_end:] = float("-inf")
+            conf = torch.where(masked, x0_p, torch.tensor(float("-inf")))
+            if torch.isfinite(conf).any():
+                i = int(conf.argmax())
+                x[0, i] = x0[0, i]
+            if torch.isfinite(end_conf).any():
+                x = x[:, : int(end_conf.argmax()) + 1]
+    window = x[0, p_len:].tolist()
+    return window + [eos] * (gen_length - len(window))
+
+
+def test_the_learn2pd_eotp_rule_is_the_published_one(shipped_model):
+    """Token-identical to the re-statement on the shipped model, and unlike the repair: the position the cut
+    keeps is decoded, not written as end-of-text."""
+    model, tokenizer = shipped_model
+    prompts = prompts_for(tokenizer, 12)
+    settings = DecodeSettings(gen_length=64, block_length=16, batch_size=1, eotp=True, eotp_rule="learn2pd")
+    ours = decode(model, prompts, Vanilla(), settings, MASK, EOS).tokens.tolist()
+    restated = [predict_eot_restated(model, p, 64, 16, EOS) for p in prompts]
+    assert ours == restated
+    filled = decode(model, prompts, Vanilla(), settings.replace(eotp_rule="learn2pd_filled"), MASK, EOS)
+    assert filled.tokens.tolist() != ours, "the published rule and its repair decode differently here"

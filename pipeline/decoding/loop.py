@@ -148,15 +148,23 @@ def generate_batch(
                             ends, kl, unchanged)
             commit, tokens = policy.select(view)
             commit &= masked
+            refs = None if references is None else references[rows]
+            if settings.eotp and settings.eotp_rule == "learn2pd":  # chosen before the commit, as published
+                official_end = _learn2pd_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, eos_id, mask_id,
+                                             refs, policy.accepted, predicted)
             x[rows, start : start + width] = torch.where(commit, tokens, block_tokens)
             if observer is not None:
                 observer(view, commit)
             if settings.eotp and settings.eotp_rule == "learn2pd":
-                refs = None if references is None else references[rows]
+                _truncate_after(x, rows, *official_end, prompt_len, seq_end, eos_id)
+                step += 1
+                continue
+            if settings.eotp and settings.eotp_rule == "learn2pd_filled":
                 _cut_after_predicted_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, ends, eos_id,
                                          mask_id, refs)
             # a cut moves only when an end-of-text was committed now (or placed by the predicted rule above)
-            if settings.eotp and (settings.eotp_rule == "learn2pd" or bool((commit & torch.isin(tokens, ends)).any())):
+            if settings.eotp and (settings.eotp_rule == "learn2pd_filled"
+                                  or bool((commit & torch.isin(tokens, ends)).any())):
                 _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id)
             step += 1
     return x[:, prompt_len:].cpu(), nfe
@@ -186,11 +194,52 @@ class StepHistory:
         return kl, self.unchanged[rows]
 
 
+def _learn2pd_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, eos_id, mask_id, references, accepted,
+                  predicted) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learn2PD's published EoTP rule (``generate_predict_eot`` / ``generate_l2p_eot`` in the official
+    ``llada/generate.py``), read before the step's commit: among positions still masked from the current block on
+    whose prediction is end-of-text (``eos_id`` only, not end-of-turn), the most confident; with the filter, the
+    first block position it accepted predicting end-of-text takes precedence. Returns (has an end, its position).
+
+    With reference outputs (the oracle), only positions where the reference also ends the text qualify.
+    """
+    first, stop = max(start, ahead_from), ahead_from + ahead.shape[1]
+    window = ahead[:, first - ahead_from :].float()
+    top = window.max(dim=-1)
+    positions = torch.arange(first, stop, device=x.device)[None, :]
+    candidates = (x[rows, first:stop] == mask_id) & (top.indices == eos_id) & (positions < seq_end[rows, None])
+    if references is not None:
+        candidates &= references[:, first - prompt_len : stop - prompt_len] == eos_id
+    confidence = torch.full(candidates.shape, -1.0, device=x.device)
+    row, col = candidates.nonzero(as_tuple=True)  # a softmax as the official code takes it (ties break alike)
+    confidence[row, col] = torch.softmax(window[row, col], dim=-1)[:, eos_id]
+    best = first + confidence.argmax(-1)
+    has = candidates.any(-1)
+    if accepted is not None:  # generate_l2p_eot: the filter's own end-of-text acceptances come first
+        ends_accepted = accepted & (predicted == eos_id)
+        if references is not None:
+            ends_accepted &= references[:, start - prompt_len : start - prompt_len + ends_accepted.shape[1]] == eos_id
+        chosen = ends_accepted.any(-1)
+        best = torch.where(chosen, start + ends_accepted.long().argmax(-1), best)
+        has = has | chosen
+    return has, best
+
+
+def _truncate_after(x, rows, has, best, prompt_len, seq_end, eos_id) -> None:
+    """The official truncation ``x = x[:, :position + 1]``: later positions leave the sequence (here: hidden as
+    keys and written as end-of-text padding); the position itself stays as the step left it."""
+    later = torch.arange(x.shape[1], device=x.device)[None, :] > best[:, None]
+    fill = later & has[:, None] & (torch.arange(x.shape[1], device=x.device)[None, :] >= prompt_len)
+    x[rows] = torch.where(fill, torch.full_like(x[rows], eos_id), x[rows])
+    seq_end[rows] = torch.where(has, torch.minimum(seq_end[rows], best + 1), seq_end[rows])
+
+
 def _cut_after_predicted_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, ends, eos_id, mask_id,
                              references) -> None:
-    """Learn2PD's EoTP rule: among still-masked positions from the current block on whose prediction ends the text,
-    cut the sequence after the most confident one: it and every later position become end-of-text. (Leaving it
-    masked let the model continue the text there once the context was cut: "#115" became "#1151".)
+    """``eotp_rule=learn2pd_filled``, this project's repair of Learn2PD's rule: among still-masked positions from
+    the current block on whose prediction ends the text, cut the sequence after the most confident one: it and
+    every later position become end-of-text. (The published rule leaves it masked, which let the model continue
+    the text there once the context was cut: "#115" became "#1151".)
 
     With reference outputs (the oracle), only positions where the reference also ends the text qualify, so the
     oracle still reproduces the reference text exactly.

@@ -43,6 +43,7 @@ class Policy(ABC):
     uses_history: bool = False  # reads StepView.kl / unchanged, which the loop then tracks
     adaptive: bool = True  # loops over a block until it is filled; False follows the fixed schedule
     needs_references: bool = False  # the oracle reads the reference outputs
+    accepted: torch.Tensor | None = None  # a learned filter's own acceptances at its last step (Learn2PD's EoTP)
 
     @abstractmethod
     def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +153,8 @@ class LearnedFilter(Policy):
             features = features.to(device=self.param.device, dtype=self.param.dtype)
         accept = torch.sigmoid(self.network(features).float()).to(view.masked.device) > self.threshold
         scheduled = top_k_mask(view.scores, view.masked, view.k)
-        return (view.masked & accept) | scheduled, view.predicted
+        self.accepted = view.masked & accept  # the filter's own choice, before the schedule's (read by EoTP)
+        return self.accepted | scheduled, view.predicted
 
 
 class EntropyBounded(Policy):

@@ -27,7 +27,7 @@ NEEDS_REFERENCES = ("egp",)  # the oracle reads the vanilla output of the same w
 REMASKING = ("low_confidence", "random")
 CACHES = ("none", "prefix", "dual")
 FACTOR_RULES = ("paper", "reference")
-EOTP_RULES = ("committed", "learn2pd")
+EOTP_RULES = ("committed", "learn2pd", "learn2pd_filled")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class DecodeSettings:
     temperature: float = 0.0
     remasking: str = "low_confidence"
     eotp: bool = False
-    eotp_rule: str = "committed"  # committed: cut after a committed end-of-text | learn2pd: also after a prediction
+    eotp_rule: str = "committed"  # committed | learn2pd (the published rule) | learn2pd_filled (its repair)
     batch_size: int = 32
     seed: int = 0
     cache: str = "none"  # none | prefix | dual (Fast-dLLM's approximate KV caches; change outputs slightly)
