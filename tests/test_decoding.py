@@ -436,3 +436,8 @@ def test_the_learn2pd_eotp_rule_is_the_published_one(shipped_model):
     assert ours == restated
     filled = decode(model, prompts, Vanilla(), settings.replace(eotp_rule="learn2pd_filled"), MASK, EOS)
     assert filled.tokens.tolist() != ours, "the published rule and its repair decode differently here"
+    vanilla = decode(model, prompts, Vanilla(), settings.replace(eotp=False), MASK, EOS)
+    oracle = decode(model, prompts, ExtremelyGreedy(), settings, MASK, EOS, references=vanilla.tokens)
+    for ref, out in zip(vanilla.tokens.tolist(), oracle.tokens.tolist()):
+        end = ref.index(EOS) if EOS in ref else len(ref)
+        assert out[:end] == ref[:end] and all(tok == EOS for tok in out[end:]), "the oracle stays exact"
