@@ -121,6 +121,7 @@ class GridEntry:
     steps: Any = None
     temperature: Any = None
     remasking: Any = None
+    schedule: Any = None
     eotp: Any = None
     eotp_rule: Any = None
     batch_size: Any = None

@@ -75,6 +75,8 @@ BAD_SETTINGS = [
     ([MICRO, "filter=mlp2_rich", "trajectories.features=[confidence]"], "filter.features=['confidence', 'entropy'"),
     (["stage=evaluate", "decode.gen_length=60"], "decode.block_length=16: must divide decode.gen_length=60"),
     (["stage=evaluate", "decode.cache=huge"], "decode.cache=huge: allowed: none, prefix, dual"),
+    (["stage=evaluate", "decode.schedule=cosine"], "decode.schedule=cosine: allowed: llada, dream"),
+    (["stage=evaluate", "decode.remasking=origin"], "decode.remasking=origin: allowed: low_confidence, random, margin"),
     ([MICRO, "logger.mode=loud"], "logger.mode=loud: allowed: offline, online, disabled"),
     ([MICRO, "+decode.threshold=0.5"], "Could not append to config. An item is already at 'decode.threshold'"),
     (["-m", MICRO, "stage=sweep", "decode=threshold", "decode.threshold=0.5,7"], "decode.threshold=7.0: allowed"),

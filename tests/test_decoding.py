@@ -441,3 +441,59 @@ def test_the_learn2pd_eotp_rule_is_the_published_one(shipped_model):
     for ref, out in zip(vanilla.tokens.tolist(), oracle.tokens.tolist()):
         end = ref.index(EOS) if EOS in ref else len(ref)
         assert out[:end] == ref[:end] and all(tok == EOS for tok in out[end:]), "the oracle stays exact"
+
+
+@torch.no_grad()
+def dream_sample_restated(model, prompt: list[int], gen_length: int, alg: str) -> list[int]:
+    """Dream's ``_sample`` (its ``generation_utils``) re-stated for one prompt at temperature 0 and one step per
+    token: Dream's time grid decides how many, ``alg`` which (the mask token's own logit excluded, as the loop
+    does; the shipped model never predicts it anyway)."""
+    x = torch.tensor([prompt + [MASK] * gen_length])
+    grid = torch.linspace(1, 1e-3, gen_length + 1)
+    for i in range(gen_length):
+        masked = x == MASK
+        logits = model(x).logits.float()
+        logits[..., MASK] = float("-inf")
+        probs = torch.softmax(logits[masked], -1)
+        confidence, x0 = probs.max(-1)
+        if alg == "topk_margin":
+            top2 = probs.sort(-1, descending=True).values
+            confidence = top2[:, 0] - top2[:, 1]
+        elif alg == "entropy":
+            confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
+        count = masked.sum().float()
+        k = int(count * (1 - grid[i + 1] / grid[i])) if i < gen_length - 1 else int(count)
+        full = torch.full(x.shape, float("-inf"))
+        full[masked] = confidence
+        if k > 0:
+            chosen = full.topk(k).indices[0]
+            proposal = torch.full_like(x, MASK)
+            proposal[masked] = x0
+            x[0, chosen] = proposal[0, chosen]
+    return x[0, len(prompt):].tolist()
+
+
+DREAM_ALGS = {"maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy"}
+
+
+def test_dream_s_samplers_are_the_published_ones(micro_model, tokenizer):
+    """``decode.schedule=dream`` with a ``remasking`` score decodes as Dream's own sampler with that ``alg``, on a
+    random model whose distributions make the three rankings disagree (sharpened, so that no two entropies tie
+    exactly: the tie order of ``torch.topk`` is unspecified)."""
+
+    class Sharpened(torch.nn.Module):
+        def forward(self, input_ids, **kwargs):
+            out = micro_model(input_ids, **kwargs)
+            out.logits = out.logits * 8
+            return out
+
+    model = Sharpened()
+    prompts = prompts_for(tokenizer, 6)
+    decoded = {}
+    for alg, remasking in DREAM_ALGS.items():
+        settings = DecodeSettings(gen_length=24, block_length=24, batch_size=1, remasking=remasking, schedule="dream")
+        ours = decode(model, prompts, Vanilla(), settings, MASK, EOS)
+        decoded[alg] = ours.tokens.tolist()
+        assert decoded[alg] == [dream_sample_restated(model, p, 24, alg) for p in prompts], alg
+        assert ours.nfe.tolist() == [24] * 6, "one pass per step, the first committing nothing"
+    assert decoded["maskgit_plus"] != decoded["topk_margin"] != decoded["entropy"] != decoded["maskgit_plus"]

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.decoding.policies import Policy, StepView
-from pipeline.decoding.schedule import gumbel_argmax, vanilla_schedule
+from pipeline.decoding.schedule import dream_count, gumbel_argmax, vanilla_schedule
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import ConfigError
 
@@ -137,12 +137,13 @@ def generate_batch(
             block_tokens = x[rows, start : start + width]
             masked = block_tokens == mask_id
             predicted = gumbel_argmax(logits, settings.temperature, generator)
-            confidence = torch.softmax(logits, dim=-1).gather(-1, predicted[..., None]).squeeze(-1)
-            if settings.remasking == "random":
-                scores = torch.rand(confidence.shape, device=device, generator=generator)
+            probs = torch.softmax(logits, dim=-1)
+            confidence = probs.gather(-1, predicted[..., None]).squeeze(-1)
+            scores = ranking_scores(settings.remasking, probs, confidence, generator)
+            if settings.schedule == "dream":
+                k = dream_count(masked.sum(-1), step, steps).clamp(min=int(policy.adaptive))
             else:
-                scores = confidence
-            k = schedule[rows, min(step, steps - 1)].clamp(min=int(policy.adaptive))
+                k = schedule[rows, min(step, steps - 1)].clamp(min=int(policy.adaptive))
             kl, unchanged = history.update(rows, logits, predicted) if history is not None else (None, None)
             view = StepView(logits, predicted, confidence, scores, masked, k, rows, block, start - prompt_len, step,
                             ends, kl, unchanged)
@@ -168,6 +169,21 @@ def generate_batch(
                 _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id)
             step += 1
     return x[:, prompt_len:].cpu(), nfe
+
+
+def ranking_scores(remasking: str, probs: torch.Tensor, confidence: torch.Tensor,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    """What a step ranks masked positions by: the predicted token's probability (LLaDA's low_confidence, Dream's
+    maskgit_plus), random numbers (LLaDA's random), the top-1 minus top-2 probability (Dream's topk_margin) or the
+    negative entropy with Dream's 1e-10 inside the log (Dream's entropy)."""
+    if remasking == "random":
+        return torch.rand(confidence.shape, device=confidence.device, generator=generator)
+    if remasking == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if remasking == "entropy":
+        return (probs * torch.log(probs + 1e-10)).sum(-1)
+    return confidence
 
 
 class StepHistory:

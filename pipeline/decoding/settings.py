@@ -24,7 +24,8 @@ POLICY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "klass": ("threshold", "kl_bound"),
 }
 NEEDS_REFERENCES = ("egp",)  # the oracle reads the vanilla output of the same window
-REMASKING = ("low_confidence", "random")
+REMASKING = ("low_confidence", "random", "margin", "entropy")  # Dream's alg: maskgit_plus, -, topk_margin, entropy
+SCHEDULES = ("llada", "dream")
 CACHES = ("none", "prefix", "dual")
 FACTOR_RULES = ("paper", "reference")
 EOTP_RULES = ("committed", "learn2pd", "learn2pd_filled")
@@ -37,7 +38,8 @@ class DecodeSettings:
     block_length: int = 16
     steps: int | None = None  # None: one token per step (steps = gen_length), the reference setting
     temperature: float = 0.0
-    remasking: str = "low_confidence"
+    remasking: str = "low_confidence"  # the ranking score: top-1 probability | random | top-1 - top-2 | -entropy
+    schedule: str = "llada"  # tokens per step: llada (m // steps, remainder first) | dream (Dream's time grid)
     eotp: bool = False
     eotp_rule: str = "committed"  # committed | learn2pd (the published rule) | learn2pd_filled (its repair)
     batch_size: int = 32
@@ -74,7 +76,8 @@ class DecodeSettings:
         loop = ("policy", "gen_length", "block_length", "steps", "temperature", "remasking", "eotp", "batch_size",
                 "seed", "cache")
         rule = ("eotp_rule",) if self.eotp and self.eotp_rule != "committed" else ()  # old keys stay valid
-        return {k: getattr(self, k) for k in (*loop, *rule, *POLICY_PARAMETERS.get(self.policy, ()))}
+        schedule = ("schedule",) if self.schedule != "llada" else ()
+        return {k: getattr(self, k) for k in (*loop, *rule, *schedule, *POLICY_PARAMETERS.get(self.policy, ()))}
 
     def validate(self, prefix: str = "decode") -> DecodeSettings:
         """Raise on any bad value, naming it and what is allowed; called before any decoding."""
@@ -98,6 +101,8 @@ class DecodeSettings:
             raise ConfigError(f"{prefix}.eotp_rule", self.eotp_rule, f"allowed: {', '.join(EOTP_RULES)}")
         if self.remasking not in REMASKING:
             raise ConfigError(f"{prefix}.remasking", self.remasking, f"allowed: {', '.join(REMASKING)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"{prefix}.schedule", self.schedule, f"allowed: {', '.join(SCHEDULES)}")
         if "threshold" in POLICY_PARAMETERS[self.policy] and not (self.policy == "filter" and self.threshold is None):
             check_probability(self.threshold, f"{prefix}.threshold")
         if self.policy == "entropy_bounded" and not self.gamma >= 0:
