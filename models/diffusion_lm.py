@@ -66,24 +66,46 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
-class RotaryEmbedding(nn.Module):
-    """cos/sin tables computed from explicit position ids, so left padding never shifts a prompt's positions.
+def rotary(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 cos/sin tables [batch, 1, seq, head_dim] at explicit positions, so left padding never shifts a
+    prompt's positions. Recomputed per call rather than kept as a buffer: models built on the meta device
+    (``from_pretrained``, :mod:`models.checkpoint`) would leave a non-persistent buffer uninitialised."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device)
+    inv_freq = 1.0 / (theta ** (exponents / head_dim))
+    angles = position_ids.float()[..., None] * inv_freq  # [batch, seq, head_dim / 2]
+    angles = torch.cat((angles, angles), dim=-1)[:, None]  # [batch, 1, seq, head_dim]
+    return angles.cos(), angles.sin()
 
-    The frequencies are recomputed per call rather than kept as a buffer: ``from_pretrained`` builds models on
-    the meta device and would leave a non-persistent buffer uninitialised.
-    """
 
-    def __init__(self, head_dim: int, theta: float) -> None:
-        super().__init__()
-        self.head_dim = head_dim
-        self.theta = theta
+def slice_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, offset: int) -> torch.Tensor:
+    """Position ids of ``input_ids``, the positions ``offset ..`` of a sequence: counting real tokens only when
+    ``attention_mask`` (over the whole sequence, 1 = real token) is given, else ``offset, offset + 1, ...``."""
+    if attention_mask is None:
+        return torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, offset : offset + input_ids.shape[1]]
 
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=position_ids.device)
-        inv_freq = 1.0 / (self.theta ** (exponents / self.head_dim))
-        angles = position_ids.float()[..., None] * inv_freq  # [batch, seq, head_dim / 2]
-        angles = torch.cat((angles, angles), dim=-1)[:, None]  # [batch, 1, seq, head_dim]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
+           past: tuple[torch.Tensor, torch.Tensor] | None, offset: int, record: BlockCache | None) -> torch.Tensor:
+    """Bidirectional attention of one call's rotated queries, keys and values [batch, heads, seq, head_dim].
+
+    ``record`` keeps this call's keys and values (before any grouped-query repeat, so a cache stays small);
+    with ``past`` they replace the cached ones at ``offset ..`` and every other key and value is the cached one.
+    Fewer key/value heads than query heads are repeated (query head h reads key/value head h // groups).
+    ``key_mask`` [batch, total] hides padding and cut positions as keys."""
+    seq = q.shape[2]
+    if record is not None:
+        record.keys.append(k)
+        record.values.append(v)
+    if past is not None:
+        k = torch.cat((past[0][:, :, :offset], k, past[0][:, :, offset + seq :]), dim=2)
+        v = torch.cat((past[1][:, :, :offset], v, past[1][:, :, offset + seq :]), dim=2)
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # broadcast over heads and queries
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # no causal mask
 
 
 @dataclass
@@ -118,14 +140,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        if record is not None:
-            record.keys.append(k)
-            record.values.append(v)
-        if past is not None:
-            k = torch.cat((past[0][:, :, :offset], k, past[0][:, :, offset + seq :]), dim=2)
-            v = torch.cat((past[1][:, :, :offset], v, past[1][:, :, offset + seq :]), dim=2)
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # broadcast over heads and queries
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # bidirectional: no causal mask
+        y = attend(q, k, v, key_mask, past, offset, record)
         return self.out(y.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -164,7 +179,6 @@ class DiffusionLM(PreTrainedModel):
     def __init__(self, config: DiffusionLMConfig) -> None:
         super().__init__(config)
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.rotary = RotaryEmbedding(config.hidden_size // config.num_attention_heads, config.rope_theta)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -193,14 +207,10 @@ class DiffusionLM(PreTrainedModel):
         """
         key_mask = None if attention_mask is None else attention_mask.bool()
         if position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-                position_ids = position_ids + past_offset
-            else:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-                position_ids = position_ids[:, past_offset : past_offset + input_ids.shape[1]]
+            position_ids = slice_positions(input_ids, attention_mask, past_offset)
         x = self.embed(input_ids)
-        cos, sin = self.rotary(position_ids, x.dtype)
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        cos, sin = (t.to(x.dtype) for t in rotary(position_ids, head_dim, self.config.rope_theta))
         record = BlockCache() if return_cache else None
         for layer, block in enumerate(self.blocks):
             layer_past = None if past is None else (past.keys[layer], past.values[layer])

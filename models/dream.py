@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from models.diffusion_lm import BlockCache, rotate_half
+from models.diffusion_lm import BlockCache, RMSNorm, attend, rotary, rotate_half, slice_positions
 
 MODEL_TYPE = "Dream"  # config.json's "model_type" for the official checkpoints
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -105,30 +105,6 @@ class DreamOutput(ModelOutput):
     cache: DreamBlockCache | None = None
 
 
-class DreamRMSNorm(nn.Module):
-    """Normalises in float32 and casts back before the weight, exactly as the official layer does."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_float = x.float()
-        normed = x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
-
-
-def rotary_tables(position_ids: torch.Tensor, head_dim: int, theta: float,
-                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [batch, 1, seq, head_dim] in float32, then cast; computed per call so meta-device builds stay valid."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim
-    inv_freq = 1.0 / (theta**exponents)
-    angles = position_ids.float()[..., None] * inv_freq
-    angles = torch.cat((angles, angles), dim=-1)[:, None]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
 class DreamAttention(nn.Module):
     def __init__(self, config: DreamConfig) -> None:
         super().__init__()
@@ -150,18 +126,7 @@ class DreamAttention(nn.Module):
         v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        if record is not None:  # before the GQA repeat: the cache stays num_heads / num_kv_heads times smaller
-            record.keys.append(k)
-            record.values.append(v)
-        if past is not None:
-            k = torch.cat((past[0][:, :, :offset], k, past[0][:, :, offset + seq :]), dim=2)
-            v = torch.cat((past[1][:, :, :offset], v, past[1][:, :, offset + seq :]), dim=2)
-        groups = self.num_heads // self.num_kv_heads
-        if groups > 1:  # query head h reads key/value head h // groups
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # bidirectional: no causal mask
+        y = attend(q, k, v, key_mask, past, offset, record)
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -181,8 +146,8 @@ class DreamDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = DreamAttention(config)
         self.mlp = DreamMLP(config)
-        self.input_layernorm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x, cos, sin, key_mask, past=None, offset: int = 0, record: BlockCache | None = None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, key_mask, past, offset, record)
@@ -196,7 +161,7 @@ class DreamBackbone(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DreamDecoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.norm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 class DreamModel(nn.Module):
@@ -262,15 +227,11 @@ class DreamModel(nn.Module):
             input_ids = torch.cat((tokens[:, start : start + 1].to(input_ids.device), input_ids), dim=1)
             if position_ids is not None:
                 position_ids = torch.cat(((position_ids[:, :1] - 1).clamp(min=0), position_ids), dim=1)
-        seq = input_ids.shape[1]
         if position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(start, start + seq, device=input_ids.device).expand_as(input_ids)
-            else:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start : start + seq]
+            position_ids = slice_positions(input_ids, attention_mask, start)
         key_mask = None if attention_mask is None else attention_mask.bool()
         x = self.model.embed_tokens(input_ids)
-        cos, sin = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        cos, sin = (t.to(x.dtype) for t in rotary(position_ids, self.config.head_dim, self.config.rope_theta))
         record = DreamBlockCache(tokens=input_ids) if return_cache else None
         for layer, block in enumerate(self.model.layers):
             layer_past = None if past is None else (past.keys[layer], past.values[layer])

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from models.diffusion_lm import BlockCache
+from models.diffusion_lm import BlockCache, RMSNorm, attend, rotary, rotate_half, slice_positions
 
 MODEL_TYPE = "llada"
 # Settings of the official config whose other values this implementation does not compute: name -> allowed.
@@ -94,34 +94,6 @@ class LLaDAConfig:
         return self.max_sequence_length
 
 
-class RMSNorm(nn.Module):
-    """Normalised in float32, cast back, then scaled: the official ``RMSLayerNorm`` order."""
-
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def rotary(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 cos and sin [batch, 1, seq, head_dim] at explicit positions (computed per call: a model built on
-    the meta device has no buffers to fill)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device)
-                                / head_dim))
-    angles = position_ids.float()[..., None] * inv_freq
-    angles = torch.cat((angles, angles), dim=-1)[:, None]
-    return angles.cos(), angles.sin()
-
-
 class LLaDALlamaBlock(nn.Module):
     def __init__(self, config: LLaDAConfig) -> None:
         super().__init__()
@@ -153,17 +125,7 @@ class LLaDALlamaBlock(nn.Module):
         k = self.k_proj(h).view(batch, seq, c.kv_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(batch, seq, c.kv_heads, c.head_dim).transpose(1, 2)
         q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
-        if record is not None:
-            record.keys.append(k)
-            record.values.append(v)
-        if past is not None:
-            k = torch.cat((past[0][:, :, :offset], k, past[0][:, :, offset + seq :]), dim=2)
-            v = torch.cat((past[1][:, :, :offset], v, past[1][:, :, offset + seq :]), dim=2)
-        if c.kv_heads != c.n_heads:
-            k = k.repeat_interleave(c.n_heads // c.kv_heads, dim=1)
-            v = v.repeat_interleave(c.n_heads // c.kv_heads, dim=1)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # bidirectional: no causal mask
+        y = attend(q, k, v, key_mask, past, offset, record)
         x = x + self.attn_out(y.transpose(1, 2).reshape(batch, seq, c.d_model))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
@@ -214,12 +176,7 @@ class LLaDAModel(nn.Module):
         c, t = self.config, self.model.transformer
         key_mask = None if attention_mask is None else attention_mask.bool()
         if position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-                position_ids = position_ids + past_offset
-            else:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-                position_ids = position_ids[:, past_offset : past_offset + input_ids.shape[1]]
+            position_ids = slice_positions(input_ids, attention_mask, past_offset)
         x = t.wte(input_ids)
         cos, sin = rotary(position_ids, c.head_dim, c.rope_theta)
         record = BlockCache() if return_cache else None

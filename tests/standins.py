@@ -445,38 +445,42 @@ LLADA_OFFICIAL_CONFIG = {  # the fields of LLaDA-8B-Instruct's config.json, at s
 def write_llada_official(directory: Path, seed: int = 0, shards: int = 2, **changes: object) -> Path:
     """A tiny random LLaDA in the official checkpoint layout, read by the native implementation: ``config.json``
     under the official field names, the official parameter names (``model.transformer...``) split over ``shards``
-    safetensors files listed by ``model.safetensors.index.json``, and LLaDA's tokenizer ids. No modeling code.
-
-    The head's rows outside the bytes and the special tokens are zero and the others scaled up, so greedy decoding
-    writes readable bytes, as with the remote-code stand-ins."""
-    from safetensors.torch import save_file
-
+    safetensors files listed by ``model.safetensors.index.json``, and LLaDA's tokenizer ids. No modeling code."""
     from models.llada import LLaDAConfig, LLaDAModel
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     config = {**LLADA_OFFICIAL_CONFIG, **changes}
     torch.manual_seed(seed)
     model = LLaDAModel(LLaDAConfig.from_dict(config))
+    return _write_official(Path(directory), model, config, "model.transformer.ff_out.weight", shards, _LLADA_SPECIALS,
+                           LLADA_IDS["mask"], _LLADA_TEMPLATE,
+                           {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
+
+
+def _write_official(directory: Path, model: torch.nn.Module, config: dict, head_name: str, shards: int,
+                    specials: dict[str, int], mask_id: int, chat_template: str, roles: dict[str, str]) -> Path:
+    """Save a native model's state dict as the hub ships a checkpoint (shards and their index, ``config.json``,
+    the tokenizer). The head's rows outside the bytes and the special tokens are zeroed and the others scaled up,
+    so greedy decoding writes readable bytes, as with the remote-code stand-ins."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
-    if "model.transformer.ff_out.weight" in state:
-        head = state["model.transformer.ff_out.weight"]
+    if head_name in state:
+        head = state[head_name]
         reachable = torch.zeros(head.shape[0], dtype=torch.bool)
         reachable[:256] = True
-        reachable[[i for i in _LLADA_SPECIALS.values() if i != LLADA_IDS["mask"]]] = True
+        reachable[[i for i in specials.values() if i != mask_id]] = True
         head[~reachable] = 0.0
         head[reachable] *= 30.0
     names = sorted(state)
     weight_map = {}
     for index in range(shards):
         file = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
-        part = names[index::shards]
-        save_file({name: state[name] for name in part}, directory / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, file))
+        save_file({name: state[name] for name in names[index::shards]}, directory / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names[index::shards], file))
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-    _write_tokenizer(directory, _LLADA_SPECIALS, _LLADA_TEMPLATE,
-                     {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
+    _write_tokenizer(directory, specials, chat_template, roles)
     return directory
 
 
@@ -490,32 +494,12 @@ DREAM_OFFICIAL_CONFIG = {  # the fields of a Dream-v0-Instruct-7B config.json, a
 
 
 def write_dream_official(directory: Path, seed: int = 0, shards: int = 2) -> Path:
-    """A tiny random Dream in the official checkpoint layout (no modeling code), with Dream's tokenizer ids; the
-    head favours bytes and special tokens, as :func:`write_llada_official`'s does."""
-    from safetensors.torch import save_file
-
+    """A tiny random Dream in the official checkpoint layout (no modeling code), with Dream's tokenizer ids."""
     from models.dream import DreamConfig, DreamModel
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = DreamModel(DreamConfig.from_dict(DREAM_OFFICIAL_CONFIG))
-    state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
-    head = state["lm_head.weight"]
-    reachable = torch.zeros(head.shape[0], dtype=torch.bool)
-    reachable[:256] = True
-    reachable[[i for i in _DREAM_SPECIALS.values() if i != DREAM_IDS["mask"]]] = True
-    head[~reachable] = 0.0
-    head[reachable] *= 30.0
-    names = sorted(state)
-    weight_map = {}
-    for index in range(shards):
-        file = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({name: state[name] for name in names[index::shards]}, directory / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(names[index::shards], file))
-    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (directory / "config.json").write_text(json.dumps(DREAM_OFFICIAL_CONFIG, indent=2))
-    _write_tokenizer(directory, _DREAM_SPECIALS, _DREAM_TEMPLATE,
-                     {"bos_token": "<|beginoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                      "mask_token": "<|mask|>"})
-    return directory
+    return _write_official(Path(directory), model, DREAM_OFFICIAL_CONFIG, "lm_head.weight", shards, _DREAM_SPECIALS,
+                           DREAM_IDS["mask"], _DREAM_TEMPLATE,
+                           {"bos_token": "<|beginoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                            "mask_token": "<|mask|>"})

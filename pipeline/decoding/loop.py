@@ -220,15 +220,14 @@ def _learn2pd_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, eos_id
     With reference outputs (the oracle), only positions where the reference also ends the text qualify.
     """
     first, stop = max(start, ahead_from), ahead_from + ahead.shape[1]
-    window = ahead[:, first - ahead_from :].float()
-    top = window.max(dim=-1)
+    window = ahead[:, first - ahead_from :]  # in the model's dtype: only the candidates' rows are widened below
     positions = torch.arange(first, stop, device=x.device)[None, :]
-    candidates = (x[rows, first:stop] == mask_id) & (top.indices == eos_id) & (positions < seq_end[rows, None])
+    candidates = (x[rows, first:stop] == mask_id) & (window.argmax(-1) == eos_id) & (positions < seq_end[rows, None])
     if references is not None:
         candidates &= references[:, first - prompt_len : stop - prompt_len] == eos_id
     confidence = torch.full(candidates.shape, -1.0, device=x.device)
     row, col = candidates.nonzero(as_tuple=True)  # a softmax as the official code takes it (ties break alike)
-    confidence[row, col] = torch.softmax(window[row, col], dim=-1)[:, eos_id]
+    confidence[row, col] = torch.softmax(window[row, col].float(), dim=-1)[:, eos_id]
     best = first + confidence.argmax(-1)
     has = candidates.any(-1)
     if accepted is not None:  # generate_l2p_eot: the filter's own end-of-text acceptances come first
