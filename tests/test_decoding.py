@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -444,18 +445,31 @@ def test_the_learn2pd_eotp_rule_is_the_published_one(shipped_model):
 
 
 @torch.no_grad()
-def dream_sample_restated(model, prompt: list[int], gen_length: int, alg: str) -> list[int]:
+def dream_sample_restated(model, prompt: list[int], gen_length: int, alg: str, seed: int = 0) -> list[int]:
     """Dream's ``_sample`` (its ``generation_utils``) re-stated for one prompt at temperature 0 and one step per
     token: Dream's time grid decides how many, ``alg`` which (the mask token's own logit excluded, as the loop
-    does; the shipped model never predicts it anyway)."""
+    does; the shipped model never predicts it anyway). Under ``origin`` each masked position is committed when its
+    uniform draw falls below ``1 - s / t``; Dream draws for the masked positions only, this draws for the whole
+    window from the loop's seeded generator (the same law, and the same numbers as the loop's)."""
     x = torch.tensor([prompt + [MASK] * gen_length])
     grid = torch.linspace(1, 1e-3, gen_length + 1)
+    generator = torch.Generator().manual_seed(seed)
     for i in range(gen_length):
         masked = x == MASK
         logits = model(x).logits.float()
         logits[..., MASK] = float("-inf")
         probs = torch.softmax(logits[masked], -1)
         confidence, x0 = probs.max(-1)
+        if alg == "origin":
+            share = 1 - grid[i + 1] / grid[i] if i < gen_length - 1 else 1
+            draw = torch.rand((1, gen_length), generator=generator)
+            chosen = torch.zeros_like(x, dtype=torch.bool)
+            chosen[:, len(prompt):] = draw < share
+            chosen &= masked
+            proposal = torch.full_like(x, MASK)
+            proposal[masked] = x0
+            x[chosen] = proposal[chosen]
+            continue
         if alg == "topk_margin":
             top2 = probs.sort(-1, descending=True).values
             confidence = top2[:, 0] - top2[:, 1]
@@ -473,7 +487,7 @@ def dream_sample_restated(model, prompt: list[int], gen_length: int, alg: str) -
     return x[0, len(prompt):].tolist()
 
 
-DREAM_ALGS = {"maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy"}
+DREAM_ALGS = {"maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy", "origin": "origin"}
 
 
 def test_dream_s_samplers_are_the_published_ones(micro_model, tokenizer):
@@ -494,6 +508,50 @@ def test_dream_s_samplers_are_the_published_ones(micro_model, tokenizer):
         settings = DecodeSettings(gen_length=24, block_length=24, batch_size=1, remasking=remasking, schedule="dream")
         ours = decode(model, prompts, Vanilla(), settings, MASK, EOS)
         decoded[alg] = ours.tokens.tolist()
+        if alg == "origin":  # one generator per decode call: each prompt alone sees the re-statement's draws
+            alone = [decode(model, [p], Vanilla(), settings, MASK, EOS).tokens[0].tolist() for p in prompts]
+            assert alone == [dream_sample_restated(model, p, 24, alg) for p in prompts], alg
+            assert max(ours.nfe.tolist()) <= 24, "a window filled early stops (Dream runs its idle steps anyway)"
+            continue
         assert decoded[alg] == [dream_sample_restated(model, p, 24, alg) for p in prompts], alg
         assert ours.nfe.tolist() == [24] * 6, "one pass per step, the first committing nothing"
     assert decoded["maskgit_plus"] != decoded["topk_margin"] != decoded["entropy"] != decoded["maskgit_plus"]
+    assert decoded["origin"] not in (decoded["maskgit_plus"], decoded["topk_margin"], decoded["entropy"])
+
+
+def test_origin_commits_each_position_by_chance_on_dream_s_grid(micro_model, tokenizer):
+    """Dream's ``origin``: a step's count is random (a position is committed with chance ``1 - s / t``), so counts
+    vary from prompt to prompt and step to step, average what the grid expects, and the last step takes the rest."""
+    prompts = prompts_for(tokenizer, 16)
+    counts = []
+    settings = DecodeSettings(gen_length=32, block_length=32, steps=8, batch_size=16, remasking="origin",
+                              schedule="dream")
+    decode(micro_model, prompts, Vanilla(), settings, MASK, EOS,
+           observer=lambda view, commit: counts.append(commit.sum(-1).tolist()))
+    counts = torch.tensor(counts, dtype=torch.float)  # [steps, prompts]
+    assert counts.sum(0).tolist() == [32.0] * 16, "every position committed by the end"
+    assert len(set(counts[1].tolist())) > 1, "the count is drawn, not scheduled"
+    grid = torch.linspace(1, 1e-3, 9)
+    expected, left = [], 32.0
+    for i in range(7):
+        expected.append(left * float(1 - grid[i + 1] / grid[i]))
+        left -= expected[-1]
+    assert counts.mean(1)[:7].tolist() == pytest.approx(expected, abs=2.5)
+
+
+def test_ranking_precision_follows_the_references(micro_model, tokenizer):
+    """``ranking_precision=model`` ranks by the softmax of the model's own logits over the whole vocabulary (LLaDA's
+    ``generate``, bf16 on a GPU), ``float64`` as Fast-dLLM's ``get_transfer_index``: on a bf16 model the coarse
+    softmax ties positions the float32 one orders, so decodes differ; in float32 all three agree here."""
+    prompts = prompts_for(tokenizer, 8)
+    settings = DecodeSettings(gen_length=32, block_length=8, batch_size=8)
+    by = {p: decode(micro_model, prompts, Vanilla(), settings.replace(ranking_precision=p), MASK, EOS).tokens
+          for p in ("float32", "model", "float64")}
+    assert torch.equal(by["float32"], by["float64"]) and torch.equal(by["float32"], by["model"])
+    half = copy.deepcopy(micro_model).to(torch.bfloat16)
+    by = {p: decode(half, prompts, Vanilla(), settings.replace(ranking_precision=p), MASK, EOS).tokens
+          for p in ("float32", "model")}
+    assert not torch.equal(by["float32"], by["model"])
+    with pytest.raises(Exception, match="decode.ranking_precision"):
+        settings.replace(ranking_precision="bf16").validate()
+

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.decoding.policies import Policy, StepView
-from pipeline.decoding.schedule import dream_count, gumbel_argmax, vanilla_schedule
+from pipeline.decoding.schedule import DREAM_EPS, dream_count, gumbel_argmax, vanilla_schedule
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import ConfigError
 
@@ -121,7 +121,7 @@ def generate_batch(
                 keys = attention[rows, :end] & (columns[None, :end] < seq_end[rows, None]) if masked_keys else None
                 out = forward(model, x[rows, :end], attention_mask=keys, position_ids=positions[rows, :end],
                             **({"return_cache": True} if settings.cache != "none" else {}))
-                logits = out.logits[:, start : start + width].float()
+                raw = out.logits[:, start : start + width]
                 ahead, ahead_from = out.logits, 0  # every position's prediction, for EoTP's predicted rule
                 cache, cache_rows = out.get("cache") if settings.cache != "none" else None, rows
             else:  # Fast-dLLM caches: refreshed at the block's first step, reused (stale) for the others
@@ -130,8 +130,9 @@ def generate_batch(
                 keys = attention[rows, :end] & (columns[None, :end] < seq_end[rows, None]) if masked_keys else None
                 out = forward(model, x[rows, start:stop], attention_mask=keys, position_ids=positions[rows, start:stop],
                               past=past, past_offset=start)
-                logits = out.logits[:, :width].float()
+                raw = out.logits[:, :width]
                 ahead, ahead_from = out.logits, start
+            logits = raw.to(torch.float32, copy=True)  # a copy: raw (and EoTP's view ahead) keep the mask's logit
             logits[..., mask_id] = float("-inf")  # committing the mask token itself would stall the block
             nfe[rows.cpu()] += 1
             block_tokens = x[rows, start : start + width]
@@ -139,8 +140,10 @@ def generate_batch(
             predicted = gumbel_argmax(logits, settings.temperature, generator)
             probs = torch.softmax(logits, dim=-1)
             confidence = probs.gather(-1, predicted[..., None]).squeeze(-1)
-            scores = ranking_scores(settings.remasking, probs, confidence, generator)
-            if settings.schedule == "dream":
+            scores = ranking_scores(settings, raw, probs, predicted, generator)
+            if settings.remasking == "origin":  # each masked position independently, as its score fell
+                k = (masked & (1 - scores < origin_share(step, steps))).sum(-1).clamp(min=int(policy.adaptive))
+            elif settings.schedule == "dream":
                 k = dream_count(masked.sum(-1), step, steps).clamp(min=int(policy.adaptive))
             else:
                 k = schedule[rows, min(step, steps - 1)].clamp(min=int(policy.adaptive))
@@ -171,19 +174,37 @@ def generate_batch(
     return x[:, prompt_len:].cpu(), nfe
 
 
-def ranking_scores(remasking: str, probs: torch.Tensor, confidence: torch.Tensor,
+def ranking_scores(settings: DecodeSettings, raw: torch.Tensor, probs: torch.Tensor, predicted: torch.Tensor,
                    generator: torch.Generator | None) -> torch.Tensor:
     """What a step ranks masked positions by: the predicted token's probability (LLaDA's low_confidence, Dream's
-    maskgit_plus), random numbers (LLaDA's random), the top-1 minus top-2 probability (Dream's topk_margin) or the
-    negative entropy with Dream's 1e-10 inside the log (Dream's entropy)."""
-    if remasking == "random":
-        return torch.rand(confidence.shape, device=confidence.device, generator=generator)
-    if remasking == "margin":
+    maskgit_plus), random numbers (LLaDA's random; Dream's origin, one minus its uniform draw), the top-1 minus
+    top-2 probability (Dream's topk_margin) or the negative entropy with Dream's 1e-10 inside the log (Dream's
+    entropy).
+
+    ``probs`` is the float32 softmax with the mask token excluded; ``ranking_precision=model|float64`` ranks as
+    the references compute it instead, from the ``raw`` logits over the whole vocabulary in the model's dtype
+    (LLaDA's ``generate``: bf16 on a GPU) or in float64 (Fast-dLLM's ``get_transfer_index``).
+    """
+    if settings.remasking in ("random", "origin"):
+        draw = torch.rand(predicted.shape, device=predicted.device, generator=generator)
+        return draw if settings.remasking == "random" else 1 - draw
+    if settings.ranking_precision != "float32":
+        probs = torch.softmax(raw if settings.ranking_precision == "model" else raw.double(), dim=-1)
+    if settings.remasking == "margin":
         top2 = probs.topk(2, dim=-1).values
         return top2[..., 0] - top2[..., 1]
-    if remasking == "entropy":
+    if settings.remasking == "entropy":
         return (probs * torch.log(probs + 1e-10)).sum(-1)
-    return confidence
+    return probs.gather(-1, predicted[..., None]).squeeze(-1)
+
+
+def origin_share(step: int, steps: int) -> float:
+    """Dream's ``origin``: the chance ``1 - s / t`` that a masked position is committed at ``step`` (its time grid
+    in float32), 1 at the last step."""
+    if step >= steps - 1:
+        return 1.0
+    grid = torch.linspace(1, DREAM_EPS, steps + 1)
+    return float(1 - grid[step + 1] / grid[step])
 
 
 class StepHistory:

@@ -98,7 +98,8 @@ class Factor(Policy):
     def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
         ranked = torch.where(view.masked, view.scores, torch.full_like(view.scores, float("-inf")))
         sorted_scores = ranked.sort(dim=-1, descending=True).values
-        kth = torch.arange(1, ranked.shape[-1] + 1, device=ranked.device, dtype=ranked.dtype)
+        kth = torch.arange(1, ranked.shape[-1] + 1, device=ranked.device,
+                           dtype=torch.promote_types(ranked.dtype, torch.float32))  # bf16 would round the bound
         passes = sorted_scores >= 1 - self.factor / (kth + 1)
         count = passes.long().cumprod(dim=-1).sum(dim=-1).clamp(min=1)
         if self.rule == "reference":

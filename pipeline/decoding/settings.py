@@ -24,7 +24,9 @@ POLICY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "klass": ("threshold", "kl_bound"),
 }
 NEEDS_REFERENCES = ("egp",)  # the oracle reads the vanilla output of the same window
-REMASKING = ("low_confidence", "random", "margin", "entropy")  # Dream's alg: maskgit_plus, -, topk_margin, entropy
+# Dream's alg: maskgit_plus, -, topk_margin, entropy, origin
+REMASKING = ("low_confidence", "random", "margin", "entropy", "origin")
+RANKING_PRECISIONS = ("float32", "model", "float64")
 SCHEDULES = ("llada", "dream")
 CACHES = ("none", "prefix", "dual")
 FACTOR_RULES = ("paper", "reference")
@@ -39,6 +41,9 @@ class DecodeSettings:
     steps: int | None = None  # None: one token per step (steps = gen_length), the reference setting
     temperature: float = 0.0
     remasking: str = "low_confidence"  # the ranking score: top-1 probability | random | top-1 - top-2 | -entropy
+    #                                    | origin (Dream's: each masked position by chance, 1 - s/t of its grid)
+    ranking_precision: str = "float32"  # the ranking softmax: float32 (mask token excluded) | model (the model's
+    #                                     dtype, whole vocabulary: LLaDA's generate) | float64 (Fast-dLLM's)
     schedule: str = "llada"  # tokens per step: llada (m // steps, remainder first) | dream (Dream's time grid)
     eotp: bool = False
     eotp_rule: str = "committed"  # committed | learn2pd (the published rule) | learn2pd_filled (its repair)
@@ -77,7 +82,9 @@ class DecodeSettings:
                 "seed", "cache")
         rule = ("eotp_rule",) if self.eotp and self.eotp_rule != "committed" else ()  # old keys stay valid
         schedule = ("schedule",) if self.schedule != "llada" else ()
-        return {k: getattr(self, k) for k in (*loop, *rule, *schedule, *POLICY_PARAMETERS.get(self.policy, ()))}
+        precision = ("ranking_precision",) if self.ranking_precision != "float32" else ()
+        return {k: getattr(self, k) for k in (*loop, *rule, *schedule, *precision,
+                                              *POLICY_PARAMETERS.get(self.policy, ()))}
 
     def validate(self, prefix: str = "decode") -> DecodeSettings:
         """Raise on any bad value, naming it and what is allowed; called before any decoding."""
@@ -101,6 +108,9 @@ class DecodeSettings:
             raise ConfigError(f"{prefix}.eotp_rule", self.eotp_rule, f"allowed: {', '.join(EOTP_RULES)}")
         if self.remasking not in REMASKING:
             raise ConfigError(f"{prefix}.remasking", self.remasking, f"allowed: {', '.join(REMASKING)}")
+        if self.ranking_precision not in RANKING_PRECISIONS:
+            raise ConfigError(f"{prefix}.ranking_precision", self.ranking_precision,
+                              f"allowed: {', '.join(RANKING_PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"{prefix}.schedule", self.schedule, f"allowed: {', '.join(SCHEDULES)}")
         if "threshold" in POLICY_PARAMETERS[self.policy] and not (self.policy == "filter" and self.threshold is None):
