@@ -65,19 +65,24 @@ def check_names_and_shapes(model: nn.Module, folder: Path, located: dict[str, Pa
                                      f"gives {list(expected[name])}")
 
 
-def load_native(folder: str | Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    """The native model of the checkpoint in ``folder``, its weights in ``dtype`` on ``device``, in eval mode."""
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+def build_native(config: dict, where: str) -> nn.Module:
+    """The native model of an official config, on the meta device (no memory yet)."""
     model_type = config.get("model_type")
     if model_type not in NATIVE:
-        raise ValueError(f"{folder / 'config.json'}: model_type={model_type!r} has no native implementation "
+        raise ValueError(f"{where}: model_type={model_type!r} has no native implementation "
                          f"(native: {', '.join(NATIVE)}); use model.implementation=remote")
     module, config_class, model_class = NATIVE[model_type]
     classes = importlib.import_module(module)
     native_config = getattr(classes, config_class).from_dict(config)
     with torch.device("meta"):
-        model = getattr(classes, model_class)(native_config)
+        return getattr(classes, model_class)(native_config)
+
+
+def load_native(folder: str | Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """The native model of the checkpoint in ``folder``, its weights in ``dtype`` on ``device``, in eval mode."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    model = build_native(config, str(folder / "config.json"))
     located = weight_files(folder)
     check_names_and_shapes(model, folder, located)
     state = {}
@@ -86,4 +91,24 @@ def load_native(folder: str | Path, dtype: torch.dtype, device: torch.device) ->
             for name in handle.keys():
                 state[name] = handle.get_tensor(name).to(dtype)
     model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+RANDOM_STD = 0.02  # the official configs' init_std / initializer_range
+
+
+@torch.no_grad()
+def random_native(config: dict, dtype: torch.dtype, device: torch.device, seed: int = 0) -> nn.Module:
+    """The native model of an official config with random weights, drawn on ``device`` in ``dtype``: norms at one,
+    every other tensor normal with the official initialisation's standard deviation. Forward time does not
+    depend on the values, so this times the real architecture without its checkpoint."""
+    model = build_native(config, "model.architecture").to(dtype).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if parameter.ndim == 1 and "norm" in name:
+            parameter.fill_(1.0)
+        elif parameter.ndim == 1:  # biases (Dream's query, key and value projections)
+            parameter.zero_()
+        else:
+            parameter.normal_(0.0, RANDOM_STD, generator=generator)
     return model.eval()

@@ -49,6 +49,8 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
     import models  # noqa: F401  (registers the embedded model with AutoModel)
     from models.families import adapt, honours_attention_mask
 
+    if cfg.random_weights:
+        return random_model(cfg, device)
     path = locate(cfg.path, cfg.allow_download)
     dtype = model_dtype(cfg.dtype, device)
     trust = bool(cfg.trust_remote_code)
@@ -84,3 +86,26 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
             log.warning("the model at %s ignores the attention mask (batched left-padded prompts would change its "
                         "outputs): decoding one prompt at a time", path)
     return LoadedModel(model, tokenizer, int(mask_id), int(eos_id), max_context, device, end_ids, honours)
+
+
+def random_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
+    """``model.architecture`` built by the native classes with random weights and a placeholder tokenizer: the real
+    architecture's speed (``stage=benchmark``) with nothing downloaded. Its outputs mean nothing."""
+    from omegaconf import OmegaConf
+
+    from models.checkpoint import random_native
+    from models.tokenizer import build_placeholder_tokenizer
+
+    architecture = OmegaConf.to_container(cfg.architecture, resolve=True)
+    try:
+        model = random_native(architecture, model_dtype(cfg.dtype, device), device)
+    except (ValueError, TypeError) as error:  # a field the native classes refuse, or one they do not know
+        raise ConfigError("model.architecture", architecture.get("model_type"), str(error).splitlines()[0]) from error
+    vocab_size = int(architecture["vocab_size"])
+    end_ids = tuple(dict.fromkeys([int(cfg.eos_token_id), *(int(i) for i in cfg.end_of_turn_ids)]))
+    tokenizer = build_placeholder_tokenizer(vocab_size, int(cfg.eos_token_id), int(cfg.mask_token_id), end_ids[1:])
+    config = model.config
+    max_context = getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
+    log.info("random weights: %s with %.0fM parameters on %s (%s)", architecture["model_type"],
+             sum(p.numel() for p in model.parameters()) / 1e6, device, model_dtype(cfg.dtype, device))
+    return LoadedModel(model, tokenizer, int(cfg.mask_token_id), int(cfg.eos_token_id), max_context, device, end_ids)

@@ -34,7 +34,8 @@ def decode_settings(cfg: DictConfig) -> DecodeSettings:
 
 def expand_grid(cfg: DictConfig) -> list[DecodeSettings]:
     """Every grid entry over every ``sweep.gen_lengths``, list-valued fields multiplied out, each merged onto the
-    user's ``decode`` and type-checked as a :class:`DecodeSettings`."""
+    user's ``decode`` and type-checked as a :class:`DecodeSettings`. Steps are one per token unless
+    ``sweep.steps_per_block`` fixes them per block (a fixed NFE for every gen length)."""
     base = OmegaConf.structured(decode_settings(cfg))
     settings = []
     for index, node in enumerate(cfg.sweep.grid):
@@ -42,8 +43,10 @@ def expand_grid(cfg: DictConfig) -> list[DecodeSettings]:
         lists = {k: v for k, v in entry.items() if isinstance(v, list)}
         for gen_length in cfg.sweep.gen_lengths:
             for values in itertools.product(*lists.values()):
+                per_block = cfg.sweep.steps_per_block
                 changes = {**entry, **dict(zip(lists, values)), "gen_length": gen_length,
-                           "block_length": cfg.sweep.block_length, "steps": None}
+                           "block_length": cfg.sweep.block_length,
+                           "steps": None if per_block is None else gen_length // cfg.sweep.block_length * per_block}
                 settings.append(typed(base, changes, f"sweep.grid[{index}]").validate(f"sweep.grid[{index}]"))
     return settings
 

@@ -22,13 +22,15 @@ class ModelConfig:
     name: str = MISSING
     family: str = "embedded"  # embedded | llada | dream: how the model is called and read (models/families.py)
     implementation: str = "native"  # llada, dream: native (models/llada.py, models/dream.py) | remote (hub code)
-    path: str = MISSING  # a local directory, or a hub id found in the local hub cache
+    path: str | None = MISSING  # a local directory, or a hub id found in the local hub cache; null: random_weights
     allow_download: bool = False
     dtype: str = "auto"
     trust_remote_code: bool = False
     mask_token_id: int | None = None
     eos_token_id: int | None = None
     end_of_turn_ids: list[int] = field(default_factory=list)  # also end the text (EoTP, answer cutting)
+    random_weights: bool = False  # build `architecture` with seeded random weights instead of reading a checkpoint
+    architecture: dict[str, Any] | None = None  # random_weights: the official config.json's fields
 
 
 @dataclass
@@ -142,6 +144,7 @@ class SweepConfig:
     block_length: int = MISSING
     gen_lengths: list[int] = MISSING
     grid: list[GridEntry] = MISSING
+    steps_per_block: int | None = None  # null: one token per step
 
 
 @dataclass
@@ -154,7 +157,7 @@ class BenchmarkConfig:
     split: str = MISSING
     num_prompts: int = MISSING
     warmup: int = MISSING
-    batch_size: int = MISSING
+    batch_size: int | None = MISSING  # null: no batched throughput run
     reference: bool = False
 
 

@@ -159,10 +159,36 @@ def check_model(cfg: DictConfig) -> None:
     one_of(m.family, "model.family", FAMILIES)
     one_of(m.dtype, "model.dtype", DTYPES)
     one_of(m.implementation, "model.implementation", IMPLEMENTATIONS)
+    if m.random_weights:
+        check_random_architecture(m)
+        return
     if m.family != "embedded" and m.implementation == "remote" and not m.trust_remote_code:
         raise ConfigError("model.trust_remote_code", False, f"model.implementation=remote runs the {m.family} "
                                                             "model's own modeling code; allowed: true")
+    if m.path is None:
+        raise ConfigError("model.path", None, "allowed: a local directory or a hub id (null only with "
+                                              "model.random_weights=true)")
     check_model_files(Path(locate(m.path, m.allow_download)))
+
+
+RANDOM_ARCHITECTURES = ("llada", "Dream")  # model_type of the native classes (models/checkpoint.py NATIVE)
+
+
+def check_random_architecture(m: DictConfig) -> None:
+    """Random weights are built by the native classes from ``model.architecture``: a known ``model_type`` and
+    positive sizes (the classes themselves name any other field they refuse, at load)."""
+    if m.implementation != "native":
+        raise ConfigError("model.implementation", m.implementation, "random weights are built by the native "
+                                                                    "classes; allowed: native")
+    for name in ("mask_token_id", "eos_token_id"):
+        if m[name] is None:
+            raise ConfigError(f"model.{name}", None, "random weights come with no tokenizer to name it; allowed: "
+                                                     "the architecture's token id")
+    architecture = m.architecture or {}
+    one_of(architecture.get("model_type"), "model.architecture.model_type", RANDOM_ARCHITECTURES)
+    for name, value in architecture.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ConfigError(f"model.architecture.{name}", value, "allowed: an integer >= 1")
 
 
 MODEL_FIX = ("re-download the model, or for the embedded model rebuild it with `python -m pipeline stage=pretrain` "
@@ -274,6 +300,9 @@ def check_sweep(cfg: DictConfig, multirun: bool) -> None:
         raise ConfigError("sweep.gen_lengths", [], "allowed: a non-empty list of generation lengths")
     if not s.grid and not multirun:
         raise ConfigError("sweep.grid", [], "allowed: a non-empty list of decode settings")
+    if s.steps_per_block is not None and not 1 <= s.steps_per_block <= s.block_length:
+        raise ConfigError("sweep.steps_per_block", s.steps_per_block,
+                          f"allowed: 1 to sweep.block_length ({s.block_length}), or null (one token per step)")
     decode_settings(cfg).validate()  # the user's choice is checked even where the grid overrides it
     check_filter_path(cfg.decode.filter_path, "decode.filter_path")
     for setting in sweep_settings(cfg, multirun):
@@ -297,7 +326,8 @@ def check_aggregate(cfg: DictConfig, multirun: bool) -> None:
 def check_benchmark(cfg: DictConfig, multirun: bool) -> None:
     check_sweep(cfg, multirun)  # the benchmark times the sweep's grid
     check_task_split(cfg, "benchmark.split", "benchmark.num_prompts")
-    at_least(cfg, "benchmark.batch_size", 1)
+    if cfg.benchmark.batch_size is not None:
+        at_least(cfg, "benchmark.batch_size", 1)
     if not 0 <= cfg.benchmark.warmup <= cfg.benchmark.num_prompts:
         raise ConfigError("benchmark.warmup", cfg.benchmark.warmup,
                           f"allowed: 0 to benchmark.num_prompts ({cfg.benchmark.num_prompts})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -67,7 +68,8 @@ def measure(ctx: StageContext, setting: DecodeSettings, examples: list, prompts:
     if b.warmup:
         run_decode(loaded, prompts[: b.warmup], policy, one, None if references is None else references[: b.warmup])
     single = run_decode(loaded, prompts, policy, one, references)
-    batched = run_decode(loaded, prompts, policy, setting.replace(batch_size=b.batch_size), references)
+    batched = b.batch_size and run_decode(loaded, prompts, policy, setting.replace(batch_size=b.batch_size),
+                                          references)
     result = summarize(loaded, ctx.task, examples, single)
     tokens = sum(row["tokens"] for row in result["rows"])
     latency = sorted(single.sample_seconds)
@@ -78,10 +80,10 @@ def measure(ctx: StageContext, setting: DecodeSettings, examples: list, prompts:
         "latency_p50_s": statistics.median(latency), "latency_p90_s": latency[min(len(latency) - 1,
                                                                                  int(0.9 * len(latency)))],
         "tokens_per_s_batch1": tokens / single.wall_time,
-        f"tokens_per_s_batch{b.batch_size}": tokens / batched.wall_time,
         "overhead_batch1": 1.0 - single.forward_seconds / single.wall_time,
-        "same_outputs_batched": bool(torch.equal(single.tokens, batched.tokens)),
         "setting": dataclasses.asdict(setting), "windows": single.tokens,
+        **({f"tokens_per_s_batch{b.batch_size}": tokens / batched.wall_time,
+            "same_outputs_batched": bool(torch.equal(single.tokens, batched.tokens))} if batched else {}),
     }
 
 
@@ -114,40 +116,47 @@ def measure_reference(ctx: StageContext, base: DecodeSettings, examples: list, p
         "cache": "none", "eotp": False, "gen_length": base.gen_length, "accuracy": result["metrics"]["accuracy"],
         "nfe_mean": result["metrics"]["nfe_mean"], "latency_p50_s": statistics.median(latency),
         "latency_p90_s": latency[min(len(latency) - 1, int(0.9 * len(latency)))],
-        "tokens_per_s_batch1": tokens / out.wall_time, f"tokens_per_s_batch{b.batch_size}": None,
-        "overhead_batch1": None, "windows": out.tokens,
+        "tokens_per_s_batch1": tokens / out.wall_time, "overhead_batch1": None, "windows": out.tokens,
+        **({f"tokens_per_s_batch{b.batch_size}": None} if b.batch_size else {}),
     }
 
 
-def with_ratios(rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+def with_ratios(rows: list[dict[str, Any]], batch_size: int | None) -> list[dict[str, Any]]:
     """Each row's speed over vanilla without a cache at its gen length."""
     for row in rows:
         base = next(r for r in rows if r["policy"] == "vanilla" and r["cache"] == "none" and not r["eotp"]
                     and r["gen_length"] == row["gen_length"])
         row["latency_speedup"] = base["latency_p50_s"] / row["latency_p50_s"]
         row["tokens_per_s_ratio_batch1"] = row["tokens_per_s_batch1"] / base["tokens_per_s_batch1"]
-        key = f"tokens_per_s_batch{batch_size}"
-        row[f"tokens_per_s_ratio_batch{batch_size}"] = None if row[key] is None else \
-            row[key] / base["tokens_per_s_batch1"]
+        if batch_size:
+            key = f"tokens_per_s_batch{batch_size}"
+            row[f"tokens_per_s_ratio_batch{batch_size}"] = None if row[key] is None else \
+                row[key] / base["tokens_per_s_batch1"]
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], batch_size: int, device: str) -> str:
+def markdown(rows: list[dict[str, Any]], batch_size: int | None, device: str) -> str:
+    """The table; without a batched run (``benchmark.batch_size=null``) its two columns are left out."""
+    batched = (f"tokens/s (b={batch_size})", f"speedup (tokens/s, b={batch_size})") if batch_size else ()
+    header = ["setting", "accuracy", "NFE", "latency p50 / p90 (ms)", "tokens/s (b=1)", *batched[:1],
+              "speedup (latency)", "speedup (tokens/s, b=1)", *batched[1:], "overhead (b=1)"]
     lines = [f"Batch-1 latency and throughput on {device}; ratios against vanilla without a cache (batch 1).", "",
-             f"| setting | accuracy | NFE | latency p50 / p90 (ms) | tokens/s (b=1) | tokens/s (b={batch_size}) | "
-             f"speedup (latency) | speedup (tokens/s, b=1) | speedup (tokens/s, b={batch_size}) | overhead (b=1) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
     def shown(value: float | None, form: str) -> str:
         return "-" if value is None else form.format(value)
 
     for r in rows:
-        lines.append(
-            f"| {r['label']} | {100 * r['accuracy']:.1f}% | {r['nfe_mean']:.1f} | {1000 * r['latency_p50_s']:.1f} / "
-            f"{1000 * r['latency_p90_s']:.1f} | {r['tokens_per_s_batch1']:.0f} | "
-            f"{shown(r[f'tokens_per_s_batch{batch_size}'], '{:.0f}')} | {r['latency_speedup']:.2f}x | "
-            f"{r['tokens_per_s_ratio_batch1']:.2f}x | "
-            f"{shown(r[f'tokens_per_s_ratio_batch{batch_size}'], '{:.2f}x')} | "
-            f"{shown(r['overhead_batch1'] and 100 * r['overhead_batch1'], '{:.1f}%')} |")
+        cells = [r["label"], f"{100 * r['accuracy']:.1f}%", f"{r['nfe_mean']:.1f}",
+                 f"{1000 * r['latency_p50_s']:.1f} / {1000 * r['latency_p90_s']:.1f}",
+                 f"{r['tokens_per_s_batch1']:.0f}"]
+        if batch_size:
+            cells.append(shown(r[f"tokens_per_s_batch{batch_size}"], "{:.0f}"))
+        cells += [f"{r['latency_speedup']:.2f}x", f"{r['tokens_per_s_ratio_batch1']:.2f}x"]
+        if batch_size:
+            cells.append(shown(r[f"tokens_per_s_ratio_batch{batch_size}"], "{:.2f}x"))
+        cells.append(shown(r["overhead_batch1"] and 100 * r["overhead_batch1"], "{:.1f}%"))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -199,6 +208,18 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
 
 
 def describe_device(ctx: StageContext) -> str:
+    dtype = next(ctx.loaded.model.parameters()).dtype
     if ctx.device.type == "cuda":
-        return f"{torch.cuda.get_device_name(ctx.device)} ({ctx.loaded.model.dtype})"
-    return f"CPU, {torch.get_num_threads()} thread(s) ({ctx.loaded.model.dtype})"
+        return f"{torch.cuda.get_device_name(ctx.device)} ({dtype})"
+    return f"CPU ({cpu_name()}), {torch.get_num_threads()} thread(s) ({dtype})"
+
+
+def cpu_name() -> str:
+    """The processor's model name as the system reports it (Linux), else the platform's word for it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

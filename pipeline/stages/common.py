@@ -90,8 +90,11 @@ def _weights_digest(path: str) -> str:
 
 
 def model_identity(model_cfg: DictConfig) -> dict[str, Any]:
-    """What identifies the model in artifact keys: its name and a digest of its weights."""
-    identity = {"name": model_cfg.name, "weights": _weights_digest(str(model_cfg.path)), "dtype": model_cfg.dtype}
+    """What identifies the model in artifact keys: its name and a digest of its weights (random weights: the
+    architecture they were drawn for; always from the same seed)."""
+    weights = {"random": plain(model_cfg.architecture)} if model_cfg.get("random_weights") else \
+        _weights_digest(str(model_cfg.path))
+    identity = {"name": model_cfg.name, "weights": weights, "dtype": model_cfg.dtype}
     if model_cfg.family != "embedded":  # native and remote code may round differently
         identity["implementation"] = model_cfg.implementation
     return identity
