@@ -19,6 +19,15 @@ SIZED_DOWN = {  # per stage: overrides that keep a documented command to seconds
     "evaluate": ["eval.num_prompts=4"],
     "benchmark": ["benchmark.num_prompts=4", "benchmark.warmup=1"],
 }
+SIZED_DOWN_MODELS = {  # per experiment timing a real architecture: a few layers of a few dimensions
+    "+experiment=speed_llada_cpu": ["model.architecture.d_model=32", "model.architecture.n_heads=2",
+                                    "model.architecture.n_kv_heads=2", "model.architecture.n_layers=1",
+                                    "model.architecture.mlp_hidden_size=64", "sweep.gen_lengths=[64]"],
+    "+experiment=speed_dream_cpu": ["model.architecture.hidden_size=32", "model.architecture.num_attention_heads=2",
+                                    "model.architecture.num_key_value_heads=1",
+                                    "model.architecture.num_hidden_layers=1", "model.architecture.intermediate_size=64",
+                                    "sweep.gen_lengths=[64]"],
+}
 
 
 def documented_commands() -> list[str]:
@@ -37,7 +46,7 @@ COMMANDS = documented_commands()
 def sized_down(command: str, tmp_path) -> list[str]:
     args = [re.sub(r"^\+experiment=tiny\w*$", "+experiment=micro", a) for a in shlex.split(command)]
     stage = next((a.split("=", 1)[1] for a in args if a.startswith("stage=")), "all")
-    smaller = SIZED_DOWN.get(stage, [])
+    smaller = SIZED_DOWN.get(stage, []) + [o for a in args for o in SIZED_DOWN_MODELS.get(a, [])]
     if any(a.startswith("pretrain.init_from=") for a in args):  # a warm start keeps the saved architecture
         smaller = [a for a in smaller if not a.startswith("pretrain.architecture.")]
     return [*args, *smaller, f"output_dir={tmp_path}", "logger=none", "progress=false",
