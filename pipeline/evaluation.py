@@ -56,6 +56,7 @@ def summarize(loaded: LoadedModel, task: Task, examples: list[Example], out: Dec
             "index": i, "prompt": ex.prompt, "reference": ex.answer, "generated": text,
             "exact_match": score.exact_match, "full_match": score.full_match, "nfe": int(out.nfe[i]),
             "tokens": sum(tok not in loaded.end_ids for tok in window), "seconds": out.sample_seconds[i],
+            **score.metrics,
         })
     nfe = sorted(r["nfe"] for r in rows)
     tokens = sum(r["tokens"] for r in rows)
@@ -68,5 +69,6 @@ def summarize(loaded: LoadedModel, task: Task, examples: list[Example], out: Dec
         "nfe_p90": nfe[min(len(nfe) - 1, int(0.9 * len(nfe)))],
         "wall_time_s": out.wall_time,
         "tokens_per_s": tokens / out.wall_time if out.wall_time > 0 else float("nan"),
+        **{name: statistics.fmean(r[name] for r in rows) for name in rows[0] if "," in name},  # lm-eval's metrics
     }
     return {"metrics": metrics, "rows": rows, "tokens": out.tokens}

@@ -13,10 +13,10 @@ from transformers import AutoModel
 from pipeline.config import PROJECT_ROOT
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict[str, str] | None = None,
+            module: str = "pipeline") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or PROJECT_ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -34,8 +34,8 @@ def run(cfg: DictConfig) -> dict:
         cfg.decode.policy, cfg.decode.gen_length, cfg.decode.block_length, cfg.decode.eotp, m["accuracy"],
         m["full_match"], m["nfe_mean"], m["nfe_p50"], m["nfe_p90"], m["tokens_per_s"], m["wall_time_s"],
     )
-    print(table(f"{cfg.model.name} on {task.name} {cfg.eval.split}: {describe(settings)} block={settings.block_length}",
-                m))
+    heading = f"{cfg.model.name} on {task.label} {cfg.eval.split}: {describe(settings)} block={settings.block_length}"
+    print(table(heading, m))
     return m
 
 
@@ -48,5 +48,7 @@ def table(heading: str, m: dict[str, Any]) -> str:
         ("NFE", f"mean {m['nfe_mean']:.1f}, p50 {m['nfe_p50']:g}, p90 {m['nfe_p90']:g}"),
         ("tokens/s", f"{m['tokens_per_s']:.1f}"),
         ("wall time", f"{m['wall_time_s']:.1f} s"),
+        *((name, f"{value:.4g}") for name, value in m.items() if "," in name),  # a scorer's own, by filter
     ]
-    return "\n".join([heading, *(f"  {name:<11} {value}" for name, value in lines)])
+    width = max(11, *(len(name) for name, _ in lines))
+    return "\n".join([heading, *(f"  {name:<{width}} {value}" for name, value in lines)])

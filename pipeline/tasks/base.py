@@ -25,6 +25,7 @@ class Example:
 class Score:
     exact_match: bool  # final answer correct
     full_match: bool  # whole generated text equals the reference
+    metrics: dict[str, float] = field(default_factory=dict)  # a scorer's own further metrics (lm-eval's, by filter)
 
 
 class Task(ABC):
@@ -38,6 +39,11 @@ class Task(ABC):
     stop_strings: tuple[str, ...] = ()  # generated text is cut at the first of these before scoring
     chat_template: bool = False  # prompts go through the model's chat template (set by ``task.chat_template``)
     sizes_are_cheap: bool = False  # split_size needs no data loading, so validation checks prompt counts up front
+
+    @property
+    def label(self) -> str:
+        """How the task is named to a reader."""
+        return self.name
 
     def check(self) -> None:
         """Cheap check that the task's data can be found; raises ConfigError or InputError naming the fix."""

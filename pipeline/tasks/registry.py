@@ -24,10 +24,11 @@ from pipeline.tasks.chain import DigitSumChain
 from pipeline.tasks.code import MBPP, HumanEval
 from pipeline.tasks.gsm8k import GSM8K
 from pipeline.tasks.jsonl import JsonlTask
+from pipeline.tasks.lm_eval_task import LmEvalTask
 from pipeline.tasks.minerva_math import MATH
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (ChainedAddition, DigitSumChain, GSM8K, MATH, HumanEval, MBPP, JsonlTask)
+    cls.name: cls for cls in (ChainedAddition, DigitSumChain, GSM8K, MATH, HumanEval, MBPP, JsonlTask, LmEvalTask)
 }
 
 

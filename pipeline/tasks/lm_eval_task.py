@@ -1,0 +1,134 @@
+"""Any generative lm-evaluation-harness task as a pipeline task (``task=lm_eval task.lm_eval_task=gsm8k``).
+
+Prompts are lm-eval's own contexts (its few-shot examples drawn as lm-eval draws them: the sampler seeded with
+``fewshot_seed``, 1234 as lm-eval's default, documents in lm-eval's order, so the first ``n`` prompts are those
+of ``lm_eval --limit n``); a generated text is cut at the task's ``until`` strings and scored by lm-eval itself,
+through every filter the task defines (GSM8K's ``strict-match`` and ``flexible-extract``, ...) and its metrics,
+all kept per sample and averaged. The sweep's accuracy is the task's first metric under its first filter, or
+``metric`` (``"exact_match,flexible-extract"``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.tasks.base import Example, Score, Task, check_split
+
+
+class LmEvalTask(Task):
+    name = "lm_eval"
+
+    def __init__(self, lm_eval_task: str, num_fewshot: int | None = None, include_path: str | None = None,
+                 fewshot_seed: int = 1234, metric: str | None = None, allow_download: bool = False) -> None:
+        self.lm_eval_task, self.num_fewshot, self.include_path = lm_eval_task, num_fewshot, include_path
+        self.fewshot_seed, self.metric, self.allow_download = fewshot_seed, metric, allow_download
+        self._task: Any = None
+        self._docs: dict[str, dict] = {}  # prompt -> lm-eval document, for scoring
+
+    @property
+    def label(self) -> str:
+        return f"lm_eval:{self.lm_eval_task}"
+
+    # --- loading -------------------------------------------------------------------------------------------
+    def load(self) -> Any:
+        if self._task is not None:
+            return self._task
+        if not self.allow_download:
+            os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        from lm_eval.tasks import TaskManager
+
+        from pipeline.lm_eval import missing_dataset
+
+        try:
+            manager = TaskManager(include_path=self.include_path)
+            loaded = manager.load(self.lm_eval_task)
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            user = missing_dataset(error)
+            if user is not None:
+                raise user from error
+            raise ConfigError("task.lm_eval_task", self.lm_eval_task, f"lm-eval could not load it ({error})") \
+                from error
+        if self.lm_eval_task not in loaded["tasks"]:
+            raise ConfigError("task.lm_eval_task", self.lm_eval_task, f"a group of {len(loaded['tasks'])} tasks; "
+                                                                      "allowed: one task (sweep each separately)")
+        task = loaded["tasks"][self.lm_eval_task]
+        if task.OUTPUT_TYPE != "generate_until":
+            raise ConfigError("task.lm_eval_task", self.lm_eval_task,
+                              f"a {task.OUTPUT_TYPE} task; the pipeline decodes generate_until tasks (score "
+                              "likelihood tasks with python -m pipeline.lm_eval)")
+        if self.num_fewshot is not None:
+            task.set_config(key="num_fewshot", value=self.num_fewshot)
+        self._task = task
+        return task
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:  # type: ignore[override]
+        until = (self.load().config.generation_kwargs or {}).get("until") or []
+        return (until,) if isinstance(until, str) else tuple(until)
+
+    def documents(self, split: str) -> list[dict]:
+        check_split(split)
+        task = self.load()
+        docs = {"test": task.eval_docs, "validation": task.validation_docs() if task.has_validation_docs() else None,
+                "train": task.training_docs() if task.has_training_docs() else None}[split]
+        if docs is None:
+            raise ConfigError("split", split, f"lm-eval's {self.lm_eval_task} has no {split} split")
+        return list(docs)
+
+    def split_size(self, split: str) -> int:
+        return len(self.documents(split))
+
+    def examples(self, split: str, n: int) -> list[Example]:
+        self.check_count(split, n)
+        task = self.load()
+        task.set_fewshot_seed(seed=self.fewshot_seed)  # a fresh sampler: the same contexts every call
+        shots = task.config.num_fewshot or 0
+        examples = []
+        for doc in self.documents(split)[:n]:
+            context = task.fewshot_context(doc, shots)
+            target = task.doc_to_target(doc)
+            target = target[0] if isinstance(target, list) and target else target
+            self._docs[context] = doc
+            examples.append(Example(prompt=context, answer=str(target), final=str(target)))
+        return examples
+
+    # --- scoring -------------------------------------------------------------------------------------------
+    def extract_final(self, text: str) -> str | None:
+        return text
+
+    def score_many(self, examples: list[Example], generated_texts: list[str]) -> list[Score]:
+        from lm_eval.api.instance import Instance
+
+        task = self.load()
+        instances = []
+        for i, (example, text) in enumerate(zip(examples, generated_texts)):
+            doc = self._docs.get(example.prompt)
+            if doc is None:
+                raise ValueError("an example this task did not make: score the examples it returned")
+            instance = Instance(request_type="generate_until", doc=doc, arguments=(example.prompt, {}), idx=0,
+                                metadata=(self.lm_eval_task, i, 1))
+            instance.resps = [self.cut(text)]
+            instances.append(instance)
+        for ensemble in task._filters:  # lm-eval's own post-processing, every filter of the task
+            ensemble.apply(instances)
+        scores = []
+        for example, text, instance in zip(examples, generated_texts, instances):
+            metrics = {}
+            for filter_name, response in instance.filtered_resps.items():
+                for metric, value in task.process_results(instance.doc, [response]).items():
+                    metrics[f"{metric},{filter_name}"] = float(value)
+            primary = self.metric or next(iter(metrics))
+            if primary not in metrics:
+                raise ConfigError("task.metric", self.metric, f"allowed: {', '.join(metrics)}")
+            scores.append(Score(exact_match=metrics[primary] >= 1.0,
+                                full_match=self.cut(text).strip() == example.answer.strip(), metrics=metrics))
+        return scores
+
+    def check(self) -> None:
+        if not self.lm_eval_task:
+            raise ConfigError("task.lm_eval_task", self.lm_eval_task, "allowed: an lm-eval task name")
+        if self.include_path is not None and not os.path.isdir(self.include_path):
+            raise InputError(self.include_path, "no such folder of lm-eval task YAML files",
+                             "point task.include_path at the folder holding your task's YAML")

@@ -1,0 +1,221 @@
+"""The ``learn2pd`` model for lm-evaluation-harness, on tiny local tasks in lm-eval's YAML form (``dataset_path:
+json`` with data files) and the embedded model: through ``python -m pipeline.lm_eval`` and lm-eval's Python API,
+its generations and scores the same as the pipeline's own on the same prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.data import encode_prompt
+from pipeline.decoding.settings import DecodeSettings
+from pipeline.evaluation import evaluate_setting
+from tests.conftest import compose_config
+from tests.test_cli import run_cli
+
+N = 8
+SETTING = {"policy": "threshold", "threshold": 0.9, "eotp": True, "gen_length": 64, "block_length": 16}
+MODEL_ARGS = "model=tiny,decode=threshold,threshold=0.9,eotp=true,gen_length=64,block_length=16"
+
+
+def arith_examples_of(split: str, n: int):
+    from pipeline.tasks.registry import build_task
+
+    return build_task(compose_config([]).task).examples(split, n)
+
+
+def arith_examples(n: int = N):
+    return arith_examples_of("test", n)
+
+
+GENERATE_TASK = """task: arith_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    train: {train}
+    test: {data}
+training_split: train
+test_split: test
+fewshot_split: train
+target_delimiter: ""
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{final}}}}"
+generation_kwargs:
+  until: ["#"]
+  max_gen_toks: 64
+filter_list:
+  - name: strict
+    filter:
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+CHOICE_TASK = """task: arith_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{prompt}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: 0
+metric_list:
+  - metric: acc
+"""
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """The shipped model as the pipeline loads it."""
+    import torch
+
+    from pipeline.modeling import load_model
+
+    return load_model(compose_config([]).model, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def local_tasks(tmp_path_factory) -> Path:
+    """Both tasks over the first test prompts of the embedded arithmetic task. The generation task scores the
+    text before the final ``#`` (the worked steps, cut by lm-eval's ``until``) against the reference's."""
+    folder = tmp_path_factory.mktemp("lm_eval_tasks")
+    examples = arith_examples()
+    rows = [{"prompt": ex.prompt, "final": ex.answer.split("#")[0]} for ex in examples]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    choices = [{"prompt": ex.prompt, "choices": [ex.answer, ex.answer[::-1]]} for ex in examples]
+    (folder / "choice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in choices))
+    train = [{"prompt": ex.prompt, "final": ex.answer.split("#")[0]} for ex in arith_examples_of("train", 4)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (folder / "arith_local.yaml").write_text(GENERATE_TASK.format(data=folder / "test.jsonl",
+                                                                  train=folder / "train.jsonl"))
+    (folder / "arith_choice.yaml").write_text(CHOICE_TASK.format(data=folder / "choice.jsonl"))
+    return folder
+
+
+def pipeline_generations(loaded) -> list[str]:
+    """The pipeline's own decodes of the same prompts under the same setting, cut where lm-eval cuts them."""
+    from pipeline.tasks.registry import build_task
+
+    task = build_task(compose_config([]).task)
+    result = evaluate_setting(loaded, task, arith_examples(), DecodeSettings(**SETTING, batch_size=N))
+    return [row["generated"].split("#")[0] for row in result["rows"]]
+
+
+def test_the_command_line_scores_as_the_pipeline_decodes_and_reports_speed(local_tasks, loaded, tmp_path):
+    out = tmp_path / "results"
+    result = run_cli("--model", "learn2pd", "--model_args", MODEL_ARGS, "--batch_size", "4", "--tasks",
+                     "arith_local", "--include_path", str(local_tasks), "--output_path", str(out), "--log_samples",
+                     module="pipeline.lm_eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = [json.loads(line) for line in next(out.rglob("samples_arith_local_*.jsonl")).read_text().splitlines()]
+    samples.sort(key=lambda s: s["doc_id"])
+    ours = pipeline_generations(loaded)
+    assert [s["resps"][0][0] for s in samples] == ours, "the same decodes as the pipeline's"
+    references = [s["target"] for s in samples]
+    expected = sum(a == b for a, b in zip(ours, references)) / N
+    scores = json.loads(next(out.rglob("results_*.json")).read_text())["results"]["arith_local"]
+    assert scores["exact_match,strict"] == pytest.approx(expected) and expected > 0.5
+    speed = json.loads((next(out.rglob("results_*.json")).parent / "learn2pd_speed.json").read_text())
+    task_speed = speed["speed"]["arith_local"]
+    assert task_speed["samples"] == N and 1 < task_speed["nfe_mean"] < 16 and task_speed["tokens_per_s"] > 0
+    assert "learn2pd decoding speed" in result.stdout and "| arith_local | 8 |" in result.stdout
+
+
+def test_the_python_api_runs_the_registered_model_and_likelihoods_prefer_the_answer(local_tasks):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import pipeline.lm_eval_model  # noqa: F401  (registers learn2pd)
+
+    results = lm_eval.simple_evaluate(model="learn2pd", model_args="model=tiny,mc_num=8,mc_batch_size=8,seed=1",
+                                      tasks=["arith_choice"], task_manager=TaskManager(include_path=str(local_tasks)),
+                                      device="cpu")
+    assert results["results"]["arith_choice"]["acc,none"] >= 0.75, "the reference beats its reversal"
+
+
+def test_the_monte_carlo_estimate_is_llada_s(loaded):
+    """LLaDA's estimate: at every masking the continuation's masked tokens' cross-entropy over the masked share;
+    with all of it masked (one token) the estimate is the exact log-probability."""
+    import torch
+
+    from pipeline.lm_eval_model import Learn2PDLM
+
+    lm = Learn2PDLM.wrap(loaded, DecodeSettings(), "tiny", mc_num=4, mc_batch_size=2)
+    tokenizer = loaded.tokenizer
+    example = arith_examples(1)[0]
+    prefix = encode_prompt(tokenizer, example)
+    target = tokenizer(example.answer[:1], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = loaded.model(torch.tensor([prefix + [loaded.mask_id]])).logits[0, -1].float()
+    exact = float(torch.log_softmax(logits, -1)[target[0]])
+    assert lm.monte_carlo_loglikelihood(prefix, target) == pytest.approx(exact, abs=1e-5)
+    whole = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+    wrong = tokenizer(example.answer[::-1], add_special_tokens=False)["input_ids"]
+    assert lm.monte_carlo_loglikelihood(prefix, whole) > lm.monte_carlo_loglikelihood(prefix, wrong)
+    assert lm.greedy_suffix(prefix, target) == (int(logits.argmax()) == target[0])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model_args", "model=tiny,threshhold=0.9"], "error: --model_args threshhold=0.9: allowed: model,"),
+    (["--model_args", "model=tiny,decode=filter"], "error: --model_args filter_path=null: the filter policy needs"),
+    (["--model_args", "model=tiny,mc_num=10,mc_batch_size=4"], "error: --model_args mc_num=10: allowed: a positive"),
+    (["--model_args", "model=tiny", "--tasks", "gsm8k"],
+     "error: openai/gsm8k: the dataset is not available offline; fetch it with `huggingface-cli download"),
+])
+def test_bad_model_arguments_and_missing_data_are_one_line(local_tasks, args, message):
+    tasks = [] if "--tasks" in args else ["--tasks", "arith_local"]
+    result = run_cli("--model", "learn2pd", *args, *tasks, "--include_path", str(local_tasks), "--limit", "2",
+                     module="pipeline.lm_eval")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith(message), \
+        result.stderr[-2000:]
+
+
+def lm_eval_task(local_tasks, **changes):
+    from pipeline.tasks.registry import build_task
+
+    overrides = ["task=lm_eval", "task.lm_eval_task=arith_local", f"task.include_path={local_tasks}",
+                 *(f"task.{k}={v}" for k, v in changes.items())]
+    return build_task(compose_config(overrides).task)
+
+
+def test_an_lm_eval_task_gives_lm_eval_s_contexts_stops_and_scores(local_tasks):
+    """Prompts are lm-eval's contexts (few-shot examples from its fewshot split), generations are cut at its
+    ``until`` strings and scored through its filters."""
+    task = lm_eval_task(local_tasks)
+    examples = task.examples("test", 3)
+    reference = arith_examples(3)
+    assert [ex.prompt for ex in examples] == [ex.prompt for ex in reference]
+    assert [ex.final for ex in examples] == [ex.answer.split("#")[0] for ex in reference]
+    assert task.stop_strings == ("#",) and task.split_size("train") == 4
+    right, wrong = reference[0].answer, "1:000+00=000#000"
+    scores = task.score_many(examples[:1] * 2, [right, wrong])
+    assert [s.exact_match for s in scores] == [True, False]
+    assert scores[0].metrics == {"exact_match,strict": 1.0} and scores[1].metrics == {"exact_match,strict": 0.0}
+    shots = lm_eval_task(local_tasks, num_fewshot=2).examples("test", 1)[0].prompt
+    train = arith_examples_of("train", 4)
+    assert shots.endswith(reference[0].prompt) and sum(ex.answer.split("#")[0] in shots for ex in train) == 2, \
+        "two worked examples from the fewshot split, then the prompt"
+    assert shots == lm_eval_task(local_tasks, num_fewshot=2).examples("test", 1)[0].prompt, "seeded"
+
+
+def test_the_pipeline_evaluates_an_lm_eval_task_with_lm_eval_s_metrics(local_tasks, loaded, tmp_path):
+    result = run_cli("stage=evaluate", "task=lm_eval", "task.lm_eval_task=arith_local",
+                     f"task.include_path={local_tasks}", f"eval.num_prompts={N}", "decode=threshold",
+                     "decode.eotp=true", f"output_dir={tmp_path}", "logger=none", "progress=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = sum(a == b.answer.split("#")[0] for a, b in zip(pipeline_generations(loaded), arith_examples())) / N
+    assert f"accuracy           {100 * expected:.1f}%" in result.stdout
+    assert f"exact_match,strict {expected:.4g}" in result.stdout and "on lm_eval:arith_local test" in result.stdout
+
+
+def test_a_likelihood_task_is_not_decoded(local_tasks):
+    with pytest.raises(Exception, match="a multiple_choice task; the pipeline decodes generate_until tasks"):
+        lm_eval_task(local_tasks, lm_eval_task="arith_choice").examples("test", 1)
