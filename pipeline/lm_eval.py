@@ -10,8 +10,8 @@ fetches it.
 from __future__ import annotations
 
 import json
-import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from pipeline.errors import InputError
@@ -50,12 +50,11 @@ def output_folder(argv: list[str]) -> Path | None:
 
 def main(argv: list[str] | None = None) -> None:
     from pipeline.cli import COMPOSING, errors_reported
+    from pipeline.tasks.hub import offline
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if ALLOW_DOWNLOAD in argv:
-        argv.remove(ALLOW_DOWNLOAD)
-    else:
-        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    allow_download = ALLOW_DOWNLOAD in argv
+    argv = [a for a in argv if a != ALLOW_DOWNLOAD]
     with errors_reported((*COMPOSING, FloatingPointError)):
         from lm_eval.__main__ import cli_evaluate
 
@@ -63,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.argv = ["lm_eval", *argv]
         try:
-            cli_evaluate()
+            with nullcontext() if allow_download else offline():
+                cli_evaluate()
         except (OSError, ValueError, RuntimeError) as error:
             user = missing_dataset(error)
             if user is None:

@@ -219,3 +219,42 @@ def test_the_pipeline_evaluates_an_lm_eval_task_with_lm_eval_s_metrics(local_tas
 def test_a_likelihood_task_is_not_decoded(local_tasks):
     with pytest.raises(Exception, match="a multiple_choice task; the pipeline decodes generate_until tasks"):
         lm_eval_task(local_tasks, lm_eval_task="arith_choice").examples("test", 1)
+
+
+def test_lm_eval_s_gsm8k_reads_a_local_copy_in_the_hub_layout_and_names_a_missing_one(tmp_path):
+    """``task.dataset_path``: a ``huggingface-cli download --local-dir`` copy (parquet shards and the README's
+    config table, as openai/gsm8k ships them) replaces the hub dataset; without one nothing is downloaded."""
+    import datasets
+
+    from pipeline.errors import InputError
+    from pipeline.scorer_agreement import documents
+    from pipeline.tasks.lm_eval_task import LmEvalTask
+
+    rows = [{"question": d["question"], "answer": d["answer"]} for d in documents(6)]
+    (tmp_path / "main").mkdir()
+    for split in ("train", "test"):
+        datasets.Dataset.from_list(rows).to_parquet(tmp_path / "main" / f"{split}-00000-of-00001.parquet")
+    (tmp_path / "README.md").write_text("---\nconfigs:\n- config_name: main\n  data_files:\n  - split: train\n"
+                                        "    path: main/train-*\n  - split: test\n    path: main/test-*\n---\n")
+    task = LmEvalTask("gsm8k", num_fewshot=2, dataset_path=str(tmp_path))
+    prompt = task.examples("test", 1)[0].prompt
+    assert prompt.startswith("Question: ") and prompt.endswith(f"Question: {rows[0]['question']}\nAnswer:")
+    assert prompt.count("Question: ") == 3 and task.stop_strings[0] == "Question:"
+    with pytest.raises(InputError, match="openai/gsm8k: the dataset is not available offline"):
+        LmEvalTask("gsm8k").examples("test", 1)
+
+
+def test_the_hand_written_gsm8k_scorer_differs_from_lm_eval_s_only_on_decimal_zeros():
+    """The agreement table of the README, on fewer documents: every class of output is scored alike by the
+    project's GSM8K scorer and lm-eval's gsm8k filters, except an answer written with decimal zeros (``#### 42.00``),
+    which the project normalises and lm-eval's exact match does not."""
+    from pipeline.scorer_agreement import agreement
+
+    result = agreement(n=6)
+    disagreeing = {r["class"] for r in result["classes"] if r["strict agree"] < 1 or r["flexible agree"] < 1}
+    assert disagreeing == {"#### with decimal zeros"}
+    by_class = {r["class"]: r for r in result["classes"]}
+    assert by_class["reference"]["lm_eval_strict"] == by_class["reference"]["ours"] == 1.0
+    assert by_class["answer is N."]["lm_eval_strict"] == 0.0 and by_class["answer is N."]["lm_eval_flexible"] == 1.0
+    assert by_class["wrong number after ####"]["ours"] == by_class["wrong number after ####"]["lm_eval_flexible"] == 0
+    assert result["outputs"] == 6 * len(by_class)

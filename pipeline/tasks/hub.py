@@ -46,7 +46,7 @@ def _from_cache(hub_name: str, config: str | None, split: str, setting: str) -> 
     import datasets
 
     try:
-        with _offline():
+        with offline():
             dataset = datasets.load_dataset(hub_name, config, split=split)
     except Exception as error:  # any failure means the same thing here: no usable local copy
         tried = f"load_dataset({hub_name!r}, {config!r}, split={split!r}) offline"
@@ -56,7 +56,7 @@ def _from_cache(hub_name: str, config: str | None, split: str, setting: str) -> 
 
 
 @contextmanager
-def _offline():
+def offline():
     """Offline mode for one call; the libraries read the environment at import, so their flags are set too."""
     import datasets.config
     import huggingface_hub.constants

@@ -11,18 +11,31 @@ all kept per sample and averaged. The sweep's accuracy is the task's first metri
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Any
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.tasks.base import Example, Score, Task, check_split
 
 
+def load_with_overrides(manager: Any, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A registered lm-eval task with some of its config replaced (its data read from elsewhere), in the shape of
+    ``TaskManager.load``. lm-eval 0.4 merges overrides into a registered task only through its task factory."""
+    entry = manager._entry(name)
+    if entry is None:
+        raise ConfigError("task.lm_eval_task", name, "no such lm-eval task (lm_eval ls tasks lists them)")
+    task = manager._factory.build(entry, overrides={"task": name, **overrides}, registry=manager._index)
+    return {"tasks": {name: task}}
+
+
 class LmEvalTask(Task):
     name = "lm_eval"
 
     def __init__(self, lm_eval_task: str, num_fewshot: int | None = None, include_path: str | None = None,
+                 dataset_path: str | None = None, data_files: dict[str, str] | None = None,
                  fewshot_seed: int = 1234, metric: str | None = None, allow_download: bool = False) -> None:
         self.lm_eval_task, self.num_fewshot, self.include_path = lm_eval_task, num_fewshot, include_path
+        self.dataset_path, self.data_files = dataset_path, data_files
         self.fewshot_seed, self.metric, self.allow_download = fewshot_seed, metric, allow_download
         self._task: Any = None
         self._docs: dict[str, dict] = {}  # prompt -> lm-eval document, for scoring
@@ -35,15 +48,16 @@ class LmEvalTask(Task):
     def load(self) -> Any:
         if self._task is not None:
             return self._task
-        if not self.allow_download:
-            os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
         from lm_eval.tasks import TaskManager
 
         from pipeline.lm_eval import missing_dataset
+        from pipeline.tasks.hub import offline
 
         try:
-            manager = TaskManager(include_path=self.include_path)
-            loaded = manager.load(self.lm_eval_task)
+            with nullcontext() if self.allow_download else offline():
+                manager = TaskManager(include_path=self.include_path)
+                loaded = load_with_overrides(manager, self.lm_eval_task, self.overrides()) if self.overrides() \
+                    else manager.load(self.lm_eval_task)
         except (OSError, ValueError, RuntimeError, KeyError) as error:
             user = missing_dataset(error)
             if user is not None:
@@ -62,6 +76,13 @@ class LmEvalTask(Task):
             task.set_config(key="num_fewshot", value=self.num_fewshot)
         self._task = task
         return task
+
+    def overrides(self) -> dict[str, Any]:
+        """Where the task's data comes from instead of its hub dataset: a local copy, or JSON-lines files."""
+        if self.data_files:
+            return {"dataset_path": "json", "dataset_name": None,
+                    "dataset_kwargs": {"data_files": dict(self.data_files)}}
+        return {"dataset_path": self.dataset_path} if self.dataset_path else {}
 
     @property
     def stop_strings(self) -> tuple[str, ...]:  # type: ignore[override]
