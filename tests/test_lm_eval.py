@@ -258,3 +258,16 @@ def test_the_hand_written_gsm8k_scorer_differs_from_lm_eval_s_only_on_decimal_ze
     assert by_class["answer is N."]["lm_eval_strict"] == 0.0 and by_class["answer is N."]["lm_eval_flexible"] == 1.0
     assert by_class["wrong number after ####"]["ours"] == by_class["wrong number after ####"]["lm_eval_flexible"] == 0
     assert result["outputs"] == 6 * len(by_class)
+
+
+def test_trajectories_take_their_prompts_from_an_lm_eval_task_s_training_split(local_tasks, tmp_path):
+    result = run_cli("+experiment=micro", "stage=trajectories", "+task@trajectories.task=lm_eval",
+                     "trajectories.task.lm_eval_task=arith_local", f"trajectories.task.include_path={local_tasks}",
+                     "trajectories.num_prompts=4", f"output_dir={tmp_path}", "logger=none", "progress=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    import datasets
+
+    shards = sorted((tmp_path / "artifacts" / "trajectories").glob("*/shards/*/*.arrow"))
+    rows = datasets.concatenate_datasets([datasets.Dataset.from_file(str(p)) for p in shards])
+    assert sorted(set(rows["sample"])) == [0, 1, 2, 3], "one trajectory per prompt of the training split"
+    assert "'samples': 4" in result.stderr
