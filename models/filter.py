@@ -1,7 +1,12 @@
-"""The Learn2PD filter: a tiny MLP from a block's per-position features to one logit per position.
+"""Filters: tiny networks from a block's per-position features to one logit per position.
 
-With the paper's settings (features = confidence only, block 32, 2 layers, hidden = block length) it is
-Linear(32 -> 32), ReLU, Linear(32 -> 32): 2,112 parameters. Extra features widen the input, not the output.
+``architecture="mlp"`` is the Learn2PD filter: with the paper's settings (features = confidence only, block 32, 2
+layers, hidden = block length) it is Linear(32 -> 32), ReLU, Linear(32 -> 32): 2,112 parameters, tied to the
+block length it was trained at. ``architecture="transformer"`` sees the block as a set of positions: each
+position's features projected to ``hidden_size``, ``num_layers`` pre-norm self-attention layers over the block
+(every position attends to every other: one early commit's effect on the rest is visible), one logit per
+position; where a position sits comes from the ``position`` feature (its index over the block's width), so one
+network serves blocks of any length.
 """
 
 from __future__ import annotations
@@ -14,19 +19,36 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+ARCHITECTURES = ("mlp", "transformer")
+
 
 @dataclass(frozen=True)
 class FilterConfig:
-    block_length: int = 32
+    block_length: int = 32  # the block length it was trained at
     features: tuple[str, ...] = ("confidence",)
     num_layers: int = 2
-    hidden_size: int | None = None  # None: the block length, as in the paper
+    hidden_size: int | None = None  # None: the block length (mlp, as in the paper) or 32 (transformer)
     threshold: float | None = None  # the decode threshold chosen on validation for a target precision, if any
+    architecture: str = "mlp"
+    num_heads: int = 4  # transformer: attention heads (dividing hidden_size)
 
     def __post_init__(self) -> None:
         if self.num_layers < 1:
             raise ValueError(f"filter.num_layers={self.num_layers}: allowed: an integer >= 1")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"filter.architecture={self.architecture}: allowed: {', '.join(ARCHITECTURES)}")
+        if self.architecture == "transformer" and self.width % self.num_heads:
+            raise ValueError(f"filter.num_heads={self.num_heads}: allowed: a divisor of the hidden size {self.width}")
         object.__setattr__(self, "features", tuple(self.features))
+
+    @property
+    def width(self) -> int:
+        return self.hidden_size or (self.block_length if self.architecture == "mlp" else 32)
+
+    @property
+    def any_block_length(self) -> bool:
+        """Whether the network reads blocks of any length (the transformer) or only its training length."""
+        return self.architecture == "transformer"
 
 
 class BlockFilter(nn.Module):
@@ -35,9 +57,17 @@ class BlockFilter(nn.Module):
     def __init__(self, config: FilterConfig) -> None:
         super().__init__()
         self.config = config
+        if config.architecture == "transformer":
+            d = config.width
+            self.embed = nn.Linear(len(config.features), d)
+            layer = nn.TransformerEncoderLayer(d, config.num_heads, dim_feedforward=2 * d, dropout=0.0,
+                                               batch_first=True, norm_first=True)
+            self.blocks = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(d)
+            self.head = nn.Linear(d, 1)
+            return
         width_in = config.block_length * len(config.features)
-        hidden = config.hidden_size or config.block_length
-        widths = [width_in] + [hidden] * (config.num_layers - 1) + [config.block_length]
+        widths = [width_in] + [config.width] * (config.num_layers - 1) + [config.block_length]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.Linear(a, b))
@@ -47,6 +77,8 @@ class BlockFilter(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         n, width, _ = features.shape
+        if self.config.any_block_length:
+            return self.head(self.norm(self.blocks(self.embed(features)))).squeeze(-1)
         if width != self.config.block_length:
             raise ValueError(
                 f"this filter was trained for block_length={self.config.block_length}, got a block of {width}"

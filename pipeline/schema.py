@@ -38,6 +38,8 @@ class FilterConfig:
     num_layers: int = 2
     hidden_size: int | None = None
     features: list[str] = field(default_factory=lambda: ["confidence"])
+    architecture: str = "mlp"  # mlp (Learn2PD's, tied to its block length) | transformer (any block length)
+    num_heads: int = 4  # transformer only
 
 
 @dataclass

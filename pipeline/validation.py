@@ -254,6 +254,14 @@ def check_train_filter(cfg: DictConfig, multirun: bool) -> None:
     at_least(cfg, "filter.num_layers", 1)
     if f.hidden_size is not None:
         at_least(cfg, "filter.hidden_size", 1)
+    one_of(f.architecture, "filter.architecture", ("mlp", "transformer"))  # models/filter.py ARCHITECTURES
+    if f.architecture == "transformer":
+        width = f.hidden_size or 32
+        if f.num_heads < 1 or width % f.num_heads:
+            raise ConfigError("filter.num_heads", f.num_heads, f"allowed: a divisor of the hidden size ({width})")
+        if "position" not in f.features:
+            raise ConfigError("filter.features", list(f.features), "a transformer filter learns where a position "
+                                                                   "sits from the position feature; add position")
     if not tf.lr > 0:
         raise ConfigError("train_filter.lr", tf.lr, "allowed: a number > 0")
     at_least(cfg, "train_filter.weight_decay", 0, "a number")
@@ -307,7 +315,7 @@ def check_sweep(cfg: DictConfig, multirun: bool) -> None:
     check_filter_path(cfg.decode.filter_path, "decode.filter_path")
     for setting in sweep_settings(cfg, multirun):
         check_filter_path(setting.filter_path, "decode.filter_path")
-        if setting.policy == "filter" and not setting.filter_path and \
+        if setting.policy == "filter" and not setting.filter_path and cfg.filter.architecture == "mlp" and \
                 setting.block_length != cfg.trajectories.block_length:
             raise ConfigError("trajectories.block_length", cfg.trajectories.block_length,
                               f"the filter is tied to its block length; allowed: the sweep's block length "

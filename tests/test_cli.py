@@ -144,7 +144,7 @@ def test_help_lists_stages_experiments_and_policies():
                  "score_references", "experiment: dream_gsm8k_256, frontier_arith, frontier_arith_256",
                  "decode: egp, entropy_bounded, factor, filter, klass, threshold, vanilla",
                  "model: dream_7b_instruct, dream_random, llada_1_5_8b, llada_8b_instruct, llada_random",
-                 "task: arith, chain, gsm8k, humaneval, jsonl, lm_eval, math, mbpp", "train_filter: default, paper"):
+                 "task: arith, chain, gsm8k, humaneval, jsonl, lm_eval, lm_eval_gsm8k, math, mbpp", "train_filter: default, paper"):
         assert word in result.stdout
 
 

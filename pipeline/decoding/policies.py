@@ -229,7 +229,7 @@ def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -
             raise InputError(settings.filter_path, f"the saved filter could not be loaded ({type(error).__name__}: "
                              f"{first_line(error)})", "retrain the filter or point decode.filter_path at another "
                                                       "one") from error
-        if network.config.block_length != settings.block_length:
+        if not network.config.any_block_length and network.config.block_length != settings.block_length:
             raise ConfigError("decode.block_length", settings.block_length,
                               f"the filter at {settings.filter_path} was trained for block_length="
                               f"{network.config.block_length}")

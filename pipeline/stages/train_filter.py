@@ -103,7 +103,8 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
     log.info("train_filter: %s rows per split from %d trajectory round(s); positive weight %.4g", data.sizes(),
              len(sources), pos_weight)
     filter_config = dict(block_length=block_length, features=list(cfg.filter.features),
-                         num_layers=cfg.filter.num_layers, hidden_size=cfg.filter.hidden_size)
+                         num_layers=cfg.filter.num_layers, hidden_size=cfg.filter.hidden_size,
+                         architecture=cfg.filter.architecture, num_heads=cfg.filter.num_heads)
     module = FilterModule(filter_config, lr=tf.lr, weight_decay=tf.weight_decay, threshold=tf.threshold,
                           loss_on=tf.loss_on, pos_weight=pos_weight)
     # One rolling checkpoint, last.ckpt, every checkpoint_every_n_epochs (Lightning's save_last alone writes
