@@ -24,14 +24,14 @@ MICRO = "+experiment=micro"
 # (arguments, the start of the one-line message). Each names the setting and its value.
 BAD_SETTINGS = [
     ([MICRO, "decode.eotp=maybe"], "decode.eotp=maybe: Value 'maybe' is not a valid bool"),
-    ([MICRO, "decode=nonsense"], "decode=nonsense: no such option; allowed: egp, entropy_bounded, factor, filter"),
+    ([MICRO, "decode=nonsense"], "decode=nonsense: no such option; allowed: credit, egp, entropy_bounded, factor"),
     (["+experiment=nope"], "experiment=nope: no such option; allowed: dream_gsm8k_256, frontier_arith"),
     ([MICRO, "decode.colour=1"], "decode.colour: no such setting; allowed: policy, gen_length"),
     ([MICRO, "sweep.grid=[{policy: threshold, thresold: 0.5}]"], "sweep.grid: thresold: no such setting"),
     ([MICRO, "sweep.grid=[{policy: threshold, threshold: 2}]"], "sweep.grid[0].threshold=2.0: allowed: a number in"),
     ([MICRO, "sweep.grid=[{policy: filter, threshold: 0}]"], "sweep.grid[0].threshold=0.0: allowed"),
     ([MICRO, "sweep.grid=[{policy: vanilla, eotp: [maybe]}]"], "sweep.grid[0].eotp=maybe: Value 'maybe'"),
-    ([MICRO, "sweep.grid=[{policy: greedy}]"], "sweep.grid[0].policy=greedy: allowed: egp, entropy_bounded, factor"),
+    ([MICRO, "sweep.grid=[{policy: greedy}]"], "sweep.grid[0].policy=greedy: allowed: credit, egp"),
     ([MICRO, "sweep.split=bogus"], "sweep.split=bogus: allowed: train, validation, test"),
     ([MICRO, "sweep.num_prompts=0"], "sweep.num_prompts=0: allowed: 1 to 2035"),
     ([MICRO, "sweep.num_prompts=5000"], "sweep.num_prompts=5000: allowed: 1 to 2035"),
@@ -59,7 +59,7 @@ BAD_SETTINGS = [
     ([MICRO, "device=tpu"], "device=tpu: allowed: auto, cpu, cuda, cuda:N"),
     ([MICRO, "threads=0"], "threads=0: allowed: an integer >= 1"),
     ([MICRO, "stage=bake"], "stage=bake: allowed: all, trajectories"),
-    ([MICRO, "stage=sweep", "decode.policy=greedy"], "decode.policy=greedy: allowed: egp, entropy_bounded, factor"),
+    ([MICRO, "stage=sweep", "decode.policy=greedy"], "decode.policy=greedy: allowed: credit, egp, entropy"),
     ([MICRO, "trajectories.policy=threshold"], "trajectories.policy=threshold: allowed: egp, vanilla"),
     ([MICRO, "trajectories.num_shards=0"], "trajectories.num_shards=0: allowed: 1 to trajectories.num_prompts"),
     ([MICRO, "+task@trajectories.task=gsm8k", "trajectories.task.num_shots=x"],
@@ -142,9 +142,10 @@ def test_help_lists_stages_experiments_and_policies():
     assert result.returncode == 0
     for word in ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "pretrain",
                  "score_references", "experiment: dream_gsm8k_256, frontier_arith, frontier_arith_256",
-                 "decode: egp, entropy_bounded, factor, filter, klass, threshold, vanilla",
+                 "decode: credit, egp, entropy_bounded, factor, filter, klass, local_leap, prophet, threshold, vanilla",
                  "model: dream_7b_instruct, dream_random, llada_1_5_8b, llada_8b_instruct, llada_random",
-                 "task: arith, chain, gsm8k, humaneval, jsonl, lm_eval, lm_eval_gsm8k, math, mbpp", "train_filter: default, paper"):
+                 "task: arith, chain, gsm8k, humaneval, jsonl, lm_eval, lm_eval_gsm8k, math, mbpp",
+                 "train_filter: default, paper"):
         assert word in result.stdout
 
 

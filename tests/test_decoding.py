@@ -13,7 +13,6 @@ from pipeline.data import encode_prompt
 from pipeline.decoding.features import FEATURES, block_features
 from pipeline.decoding.loop import StepHistory, decode
 from pipeline.decoding.policies import (
-    POLICIES,
     EntropyBounded,
     ExtremelyGreedy,
     Factor,
@@ -23,6 +22,7 @@ from pipeline.decoding.policies import (
     Threshold,
     Vanilla,
     build_policy,
+    policy_classes,
 )
 from pipeline.decoding.reference import llada_generate
 from pipeline.decoding.schedule import gumbel_argmax, top_k_mask, vanilla_schedule
@@ -204,7 +204,7 @@ BAD_SETTINGS = [
     (dict(gen_length=32, block_length=8, steps=6), "decode.steps=6: allowed: a positive multiple of the number of"),
     (dict(remasking="highest"), "decode.remasking=highest: allowed: low_confidence, random"),
     (dict(temperature=-1.0), "decode.temperature=-1.0"),
-    (dict(policy="greedy"), "decode.policy=greedy: allowed: egp, entropy_bounded, factor, filter, klass, threshold"),
+    (dict(policy="greedy"), "decode.policy=greedy: allowed: credit, egp, entropy_bounded, factor, filter"),
     (dict(policy="factor", factor_rule="fast"), "decode.factor_rule=fast: allowed: paper, reference"),
 ]
 
@@ -224,7 +224,7 @@ def test_thresholds_outside_the_unit_interval_are_refused(value):
 
 
 def test_the_policy_registry_the_settings_and_the_validated_features_agree():
-    assert set(POLICIES) == set(POLICY_PARAMETERS)
+    assert set(policy_classes()) == set(POLICY_PARAMETERS)
     assert tuple(FEATURES) == VALIDATED_FEATURES
     for name in POLICY_PARAMETERS:
         settings = DecodeSettings(policy=name)

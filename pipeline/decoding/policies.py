@@ -200,10 +200,12 @@ class StableConfidence(Policy):
         return (view.masked & stable) | top_k_mask(view.scores, view.masked, view.k), view.predicted
 
 
-POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (Vanilla, Threshold, Factor, ExtremelyGreedy, LearnedFilter, EntropyBounded,
-                              StableConfidence)
-}
+def policy_classes() -> dict[str, type[Policy]]:
+    """Every policy by its name (the recent training-free rules live in :mod:`pipeline.decoding.training_free`)."""
+    from pipeline.decoding.training_free import CreditDecoding, LocalLeap, Prophet
+
+    return {cls.name: cls for cls in (Vanilla, Threshold, Factor, ExtremelyGreedy, LearnedFilter, EntropyBounded,
+                                      StableConfidence, LocalLeap, CreditDecoding, Prophet)}
 
 
 def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -> Policy:
@@ -217,6 +219,15 @@ def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -
         return EntropyBounded(settings.gamma)
     if settings.policy == "klass":
         return StableConfidence(settings.threshold, settings.kl_bound)
+    if settings.policy in ("local_leap", "credit", "prophet"):
+        from pipeline.decoding.training_free import CreditDecoding, LocalLeap, Prophet
+
+        if settings.policy == "local_leap":
+            return LocalLeap(settings.threshold, settings.relaxed_threshold, settings.radius)
+        if settings.policy == "credit":
+            return CreditDecoding(settings.threshold, settings.credit_alpha, settings.credit_gamma,
+                                  settings.credit_beta)
+        return Prophet(settings.steps_per_block, settings.num_blocks)
     if settings.policy == "filter":
         from models.filter import BlockFilter
 
@@ -239,4 +250,4 @@ def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -
                                                         "threshold (train_filter.target_precision was off); allowed: "
                                                         "a number in (0, 1]")
         return LearnedFilter(network, network.config.features, threshold, settings.steps_per_block)
-    return POLICIES[settings.policy]()
+    return policy_classes()[settings.policy]()

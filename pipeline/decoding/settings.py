@@ -22,6 +22,9 @@ POLICY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "filter": ("threshold", "filter_path"),
     "entropy_bounded": ("gamma",),
     "klass": ("threshold", "kl_bound"),
+    "local_leap": ("threshold", "relaxed_threshold", "radius"),
+    "credit": ("threshold", "credit_alpha", "credit_gamma", "credit_beta"),
+    "prophet": (),
 }
 NEEDS_REFERENCES = ("egp",)  # the oracle reads the vanilla output of the same window
 # Dream's alg: maskgit_plus, -, topk_margin, entropy, origin
@@ -55,6 +58,11 @@ class DecodeSettings:
     factor_rule: str = "paper"  # paper (the published formula) | reference (Fast-dLLM's code, see policies.Factor)
     gamma: float = 0.1  # entropy_bounded: the entropy budget of a step
     kl_bound: float = 0.01  # klass: how little a distribution may move between steps to count as stable
+    relaxed_threshold: float = 0.75  # local_leap: the bar within `radius` of a position above `threshold`
+    radius: int = 4  # local_leap
+    credit_alpha: float = 0.7  # credit: weight of log(1 + credit) added to the logits
+    credit_gamma: float = 0.2  # credit: a step's credit is the predicted probability to this power
+    credit_beta: float = 0.8  # credit: decay of the accumulated credit per step
     filter_path: str | None = None  # filter policy: a saved filter; None = this experiment's train_filter
 
     @property
@@ -117,6 +125,14 @@ class DecodeSettings:
             check_probability(self.threshold, f"{prefix}.threshold")
         if self.policy == "entropy_bounded" and not self.gamma >= 0:
             raise ConfigError(f"{prefix}.gamma", self.gamma, "allowed: a number >= 0")
+        if self.policy == "local_leap":
+            check_probability(self.relaxed_threshold, f"{prefix}.relaxed_threshold")
+            if self.radius < 0:
+                raise ConfigError(f"{prefix}.radius", self.radius, "allowed: an integer >= 0")
+        if self.policy == "credit":
+            for name in ("credit_alpha", "credit_gamma", "credit_beta"):
+                if not getattr(self, name) >= 0:
+                    raise ConfigError(f"{prefix}.{name}", getattr(self, name), "allowed: a number >= 0")
         if self.policy == "klass" and not self.kl_bound > 0:
             raise ConfigError(f"{prefix}.kl_bound", self.kl_bound, "allowed: a number > 0")
         if self.policy == "factor":
