@@ -123,7 +123,7 @@ class Learn2PDLM(LM):
     @classmethod
     def wrap(cls, loaded: LoadedModel, settings: DecodeSettings, name: str, mc_num: int = 128,
              mc_batch_size: int = 32, check_greedy: bool = False, seed: int = 0) -> Learn2PDLM:
-        """An instance around a model the pipeline has already loaded (the sweep's lm-eval tasks)."""
+        """An instance around a model the caller has already loaded (no config composed)."""
         lm = cls.__new__(cls)
         LM.__init__(lm)
         lm.setup(loaded, settings, name, mc_num, mc_batch_size, check_greedy, seed)
@@ -141,7 +141,6 @@ class Learn2PDLM(LM):
         self._device = loaded.device
         self.counts: dict[str, dict[str, float]] = defaultdict(lambda: {"samples": 0, "nfe": 0, "tokens": 0,
                                                                         "seconds": 0.0})
-        self.records: list[dict[str, Any]] = []  # one per generated request, for the pipeline's artifacts
         Learn2PDLM.last = self
 
     # --- prompts -------------------------------------------------------------------------------------------
@@ -200,8 +199,6 @@ class Learn2PDLM(LM):
                 counts["nfe"] += int(decoded.nfe[row])
                 counts["tokens"] += generated
                 counts["seconds"] += decoded.sample_seconds[row]
-                self.records.append({"task": task, "doc_id": getattr(requests[i], "doc_id", None),
-                                     "nfe": int(decoded.nfe[row]), "tokens": generated, "generated": text})
         return out
 
     def speed(self) -> dict[str, dict[str, float]]:

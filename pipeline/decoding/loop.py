@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.decoding.policies import Policy, StepView
-from pipeline.decoding.schedule import DREAM_EPS, dream_count, gumbel_argmax, vanilla_schedule
+from pipeline.decoding.schedule import dream_count, dream_share, gumbel_argmax, vanilla_schedule
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import ConfigError
 
@@ -142,7 +142,7 @@ def generate_batch(
             confidence = probs.gather(-1, predicted[..., None]).squeeze(-1)
             scores = ranking_scores(settings, raw, probs, predicted, generator)
             if settings.remasking == "origin":  # each masked position independently, as its score fell
-                k = (masked & (1 - scores < origin_share(step, steps))).sum(-1).clamp(min=int(policy.adaptive))
+                k = (masked & (1 - scores < dream_share(step, steps))).sum(-1).clamp(min=int(policy.adaptive))
             elif settings.schedule == "dream":
                 k = dream_count(masked.sum(-1), step, steps).clamp(min=int(policy.adaptive))
             else:
@@ -196,15 +196,6 @@ def ranking_scores(settings: DecodeSettings, raw: torch.Tensor, probs: torch.Ten
     if settings.remasking == "entropy":
         return (probs * torch.log(probs + 1e-10)).sum(-1)
     return probs.gather(-1, predicted[..., None]).squeeze(-1)
-
-
-def origin_share(step: int, steps: int) -> float:
-    """Dream's ``origin``: the chance ``1 - s / t`` that a masked position is committed at ``step`` (its time grid
-    in float32), 1 at the last step."""
-    if step >= steps - 1:
-        return 1.0
-    grid = torch.linspace(1, DREAM_EPS, steps + 1)
-    return float(1 - grid[step + 1] / grid[step])
 
 
 class StepHistory:

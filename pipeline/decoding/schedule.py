@@ -21,16 +21,23 @@ def vanilla_schedule(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
 DREAM_EPS = 1e-3  # Dream's generation_config.eps: the last point of its time grid
 
 
+def dream_share(step: int, steps: int, eps: float = DREAM_EPS) -> float:
+    """The share ``1 - s / t`` of Dream's time grid at ``step`` (``t`` and ``s`` this step's two points of
+    ``linspace(1, eps, steps + 1)``, in float32 as Dream computes them); 1 at the last step."""
+    if step >= steps - 1:
+        return 1.0
+    grid = torch.linspace(1, eps, steps + 1)
+    return float(1 - grid[step + 1] / grid[step])
+
+
 def dream_count(masked_now: torch.Tensor, step: int, steps: int, eps: float = DREAM_EPS) -> torch.Tensor:
-    """Dream's tokens to commit at ``step`` of ``steps`` (``_sample`` in Dream's ``generation_utils``): with ``t``
-    and ``s`` this step's two points of ``linspace(1, eps, steps + 1)``, ``int(m * (1 - s / t))`` of the ``m``
-    positions masked now, and all of them at the last step. Computed in float32 as Dream does; at one token per
-    step it commits 0, 1, ..., 1, 2 (the first step commits nothing)."""
+    """Dream's tokens to commit at ``step`` of ``steps`` (``_sample`` in Dream's ``generation_utils``):
+    ``int(m * (1 - s / t))`` of the ``m`` positions masked now (:func:`dream_share`), and all of them at the last
+    step. At one token per step it commits 0, 1, ..., 1, 2 (the first step commits nothing)."""
     if step >= steps - 1:
         return masked_now
-    grid = torch.linspace(1, eps, steps + 1)
-    t, s = grid[step], grid[step + 1]
-    return (masked_now.float().cpu() * (1 - s / t)).long().to(masked_now.device)
+    share = torch.tensor(dream_share(step, steps, eps), dtype=torch.float32)
+    return (masked_now.float().cpu() * share).long().to(masked_now.device)
 
 
 def top_k_mask(scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
