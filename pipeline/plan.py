@@ -12,11 +12,12 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import ConfigError, first_line
 
-STAGES = ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "score_references", "pretrain",
-          "benchmark", "status")
-UPSTREAM = {"trajectories": (), "train_filter": ("trajectories",), "sweep": ("train_filter",),
+STAGES = ("all", "trajectories", "train_filter", "train_policy", "sweep", "aggregate", "evaluate", "score_references",
+          "pretrain", "benchmark", "status")
+UPSTREAM = {"trajectories": (), "train_filter": ("trajectories",), "train_policy": ("train_filter",),
+            "sweep": ("train_policy", "train_filter"),
             "aggregate": ("sweep",), "evaluate": (), "score_references": (), "pretrain": (),
-            "benchmark": ("train_filter",), "status": ()}
+            "benchmark": ("train_policy", "train_filter"), "status": ()}
 
 
 def is_multirun() -> bool:
@@ -65,23 +66,33 @@ def sweep_settings(cfg: DictConfig, multirun: bool) -> list[DecodeSettings]:
     return [decode_settings(cfg).validate()] if multirun else expand_grid(cfg)
 
 
+def trains_policy(settings: list[DecodeSettings]) -> bool:
+    """Whether the sweep needs this experiment's own reinforcement-tuned policy (``rl_filter`` without a path)."""
+    return any(s.policy == "rl_filter" and not s.filter_path for s in settings)
+
+
 def trains_filter(settings: list[DecodeSettings]) -> bool:
-    """Whether the sweep needs this experiment's own filter (a filter setting without a ``filter_path``)."""
-    return any(s.policy == "filter" and not s.filter_path for s in settings)
+    """Whether the sweep needs this experiment's own filter: a filter setting without a ``filter_path``, or the
+    policy fine-tuned from it."""
+    return any(s.policy == "filter" and not s.filter_path for s in settings) or trains_policy(settings)
 
 
 def stages_to_run(cfg: DictConfig, multirun: bool) -> list[str]:
-    """The stages a command runs, upstream first; a sweep needs the filter stages only when it trains one."""
+    """The stages a command runs, upstream first; a sweep needs the filter stages only when it trains one, and
+    the policy stage only when it decodes with the experiment's own ``rl_filter``."""
     if cfg.stage == "all":
-        return ["trajectories", "train_filter", "sweep", "aggregate"]
+        policy = ["train_policy"] if trains_policy(sweep_settings(cfg, multirun)) else []
+        return ["trajectories", "train_filter", *policy, "sweep", "aggregate"]
     wanted, order = {cfg.stage}, []
-    for stage in ("aggregate", "benchmark", "sweep", "train_filter", "trajectories", "evaluate", "score_references",
-                  "pretrain"):
+    for stage in ("aggregate", "benchmark", "sweep", "train_policy", "train_filter", "trajectories", "evaluate",
+                  "score_references", "pretrain"):
         if stage not in wanted:
             continue
         order.insert(0, stage)
         upstream = set(UPSTREAM[stage])
-        if stage in ("sweep", "benchmark") and not trains_filter(sweep_settings(cfg, multirun)):
-            upstream = set()
+        if stage in ("sweep", "benchmark"):
+            settings = sweep_settings(cfg, multirun)
+            upstream = {"train_filter"} if trains_filter(settings) else set()
+            upstream |= {"train_policy"} if trains_policy(settings) else set()
         wanted |= upstream
     return order

@@ -2,7 +2,8 @@
 
 The submitit job wrapper (:mod:`pipeline.cluster`) owns the signal: on it, it calls :func:`save_all` and requeues
 itself. A stage that holds unsaved progress registers a saver for as long as it runs; filter training registers
-one that writes the state of its last finished epoch as the Lightning checkpoint it resumes from.
+one that writes the state of its last finished epoch as the Lightning checkpoint it resumes from (policy
+training: of its last finished update).
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ class EpochSnapshot(L.Callback):
         torch.save(self.state, tmp)
         os.replace(tmp, self.path)
         log.info("preempted: saved the state after epoch %d to %s", self.state["epoch"], self.path)
+
+
+class UpdateSnapshot(EpochSnapshot):
+    """:class:`EpochSnapshot` for training of one long epoch (policy updates): the state after the last finished
+    update."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        return None
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self.state = copy.deepcopy(trainer._checkpoint_connector.dump_checkpoint(weights_only=False))
 
 
 def fit(trainer: L.Trainer, *args, **kwargs) -> None:

@@ -112,6 +112,25 @@ class TrainFilterConfig:
 
 
 @dataclass
+class TrainPolicyConfig:
+    split: str = MISSING
+    num_prompts: int = MISSING
+    val_prompts: int = MISSING
+    updates: int = MISSING
+    prompts_per_update: int = MISSING
+    group_size: int = MISSING
+    lr: float = MISSING
+    kl_weight: float = MISSING
+    speed_weight: float = MISSING
+    normalize_advantage: bool = False
+    eotp: bool = False
+    thresholds: list[float] = MISSING
+    seed: int = 0
+    val_every_n_updates: int = MISSING
+    checkpoint_every_n_updates: int = MISSING
+
+
+@dataclass
 class GridEntry:
     """One ``sweep.grid`` entry: decode settings, a list meaning one setting per value (lists multiply out).
 
@@ -137,6 +156,11 @@ class GridEntry:
     filter_path: Any = None
     gamma: Any = None
     kl_bound: Any = None
+    relaxed_threshold: Any = None
+    radius: Any = None
+    credit_alpha: Any = None
+    credit_gamma: Any = None
+    credit_beta: Any = None
 
 
 @dataclass
@@ -217,6 +241,7 @@ class Config:
     output_dir: str = MISSING
     trajectories: TrajectoriesConfig = field(default_factory=TrajectoriesConfig)
     train_filter: TrainFilterConfig = field(default_factory=TrainFilterConfig)
+    train_policy: TrainPolicyConfig = field(default_factory=TrainPolicyConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)

@@ -39,7 +39,8 @@ TRAJECTORY_POLICIES = ("egp", "vanilla")
 LOSS_ON = ("all", "masked")
 LAUNCHERS = ("local", "slurm")
 VERIFY_MODES = ("content", "size")
-MODEL_STAGES = ("trajectories", "sweep", "aggregate", "evaluate", "benchmark")  # stages that may load the model
+# stages that may load the model
+MODEL_STAGES = ("trajectories", "train_policy", "sweep", "aggregate", "evaluate", "benchmark")
 SEED_RANGE = (0, 2**32 - 1)  # what numpy, Python's random and Lightning's seed_everything all accept
 
 
@@ -279,6 +280,41 @@ def check_train_filter(cfg: DictConfig, multirun: bool) -> None:
         check_probability(tf.target_precision, "train_filter.target_precision")
 
 
+def check_train_policy(cfg: DictConfig, multirun: bool) -> None:
+    tp = cfg.train_policy
+    check_train_filter(cfg, multirun)  # its warm start
+    for name in ("updates", "prompts_per_update", "val_prompts", "val_every_n_updates", "checkpoint_every_n_updates"):
+        at_least(cfg, f"train_policy.{name}", 1)
+    at_least(cfg, "train_policy.group_size", 2, "an integer (a group's mean is each rollout's baseline)")
+    at_least(cfg, "train_policy.num_prompts", tp.prompts_per_update,
+              "an integer (at least train_policy.prompts_per_update)")
+    check_task_split(cfg, "train_policy.split", "train_policy.num_prompts")
+    task = build_task(cfg.task)
+    if task.sizes_are_cheap and tp.num_prompts + tp.val_prompts > task.split_size(tp.split):
+        raise ConfigError("train_policy.val_prompts", tp.val_prompts,
+                          f"allowed: 1 to {task.split_size(tp.split) - tp.num_prompts} (the {tp.split} split's "
+                          f"prompts after train_policy.num_prompts)")
+    if not tp.lr > 0:
+        raise ConfigError("train_policy.lr", tp.lr, "allowed: a number > 0")
+    at_least(cfg, "train_policy.kl_weight", 0, "a number")
+    at_least(cfg, "train_policy.speed_weight", 0, "a number")
+    if not tp.thresholds:
+        raise ConfigError("train_policy.thresholds", [], "allowed: a non-empty list of numbers in (0, 1]")
+    for threshold in tp.thresholds:
+        check_probability(threshold, "train_policy.thresholds")
+    if not SEED_RANGE[0] <= tp.seed <= SEED_RANGE[1]:
+        raise ConfigError("train_policy.seed", tp.seed, f"allowed: {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+    check_tied_block_length(cfg, cfg.decode.block_length)
+
+
+def check_tied_block_length(cfg: DictConfig, block_length: int) -> None:
+    """An MLP filter reads blocks of its training length only (a transformer filter reads any)."""
+    if cfg.filter.architecture == "mlp" and block_length != cfg.trajectories.block_length:
+        raise ConfigError("trajectories.block_length", cfg.trajectories.block_length,
+                          f"the filter is tied to its block length; allowed: the decoded block length "
+                          f"({block_length})")
+
+
 FILTER_FIX = "point decode.filter_path at a train_filter artifact's filter/ folder, or retrain the filter"
 FILTER_FIELDS = {"block_length": int, "features": list}  # models/filter.py's FilterConfig, what loading needs
 
@@ -315,11 +351,8 @@ def check_sweep(cfg: DictConfig, multirun: bool) -> None:
     check_filter_path(cfg.decode.filter_path, "decode.filter_path")
     for setting in sweep_settings(cfg, multirun):
         check_filter_path(setting.filter_path, "decode.filter_path")
-        if setting.policy == "filter" and not setting.filter_path and cfg.filter.architecture == "mlp" and \
-                setting.block_length != cfg.trajectories.block_length:
-            raise ConfigError("trajectories.block_length", cfg.trajectories.block_length,
-                              f"the filter is tied to its block length; allowed: the sweep's block length "
-                              f"({setting.block_length})")
+        if setting.learned and not setting.filter_path:
+            check_tied_block_length(cfg, setting.block_length)
         if setting.policy == "filter" and setting.threshold is None and not setting.filter_path and \
                 cfg.train_filter.target_precision is None:
             raise ConfigError("decode.threshold", None, "a filter's validated threshold needs "
@@ -344,9 +377,10 @@ def check_benchmark(cfg: DictConfig, multirun: bool) -> None:
 def check_evaluate(cfg: DictConfig, multirun: bool) -> None:
     settings = decode_settings(cfg).validate()
     check_task_split(cfg, "eval.split", "eval.num_prompts")
-    if settings.policy == "filter" and not settings.filter_path:
-        raise ConfigError("decode.filter_path", None, "decode=filter needs a saved filter (a train_filter "
-                                                      "artifact's filter/ folder)")
+    if settings.learned and not settings.filter_path:
+        raise ConfigError("decode.filter_path", None, f"decode={settings.policy} needs a saved filter (a "
+                                                      "train_filter artifact's filter/ folder or a train_policy "
+                                                      "artifact's policy/ folder)")
     check_filter_path(settings.filter_path, "decode.filter_path")
 
 
@@ -394,6 +428,7 @@ def check_init_from(init_from: str, architecture: DictConfig) -> None:
                               "(a warm start keeps the saved model's architecture)")
 
 
-CHECKS = {"trajectories": check_trajectories, "train_filter": check_train_filter, "sweep": check_sweep,
+CHECKS = {"trajectories": check_trajectories, "train_filter": check_train_filter,
+          "train_policy": check_train_policy, "sweep": check_sweep,
           "aggregate": check_aggregate, "evaluate": check_evaluate, "score_references": check_score_references,
           "pretrain": check_pretrain, "benchmark": check_benchmark}

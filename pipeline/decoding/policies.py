@@ -158,6 +158,13 @@ class LearnedFilter(Policy):
         return self.accepted | scheduled, view.predicted
 
 
+class ReinforcedFilter(LearnedFilter):
+    """A filter fine-tuned by reinforcement (``stage=train_policy``); at test time it decides as the supervised
+    filter does, its probability against a threshold."""
+
+    name = "rl_filter"
+
+
 class EntropyBounded(Policy):
     """The entropy-bounded sampler: masked positions in order of increasing entropy, the longest prefix whose
     entropy sum minus its largest entropy stays <= ``gamma`` (at least one position)."""
@@ -204,8 +211,8 @@ def policy_classes() -> dict[str, type[Policy]]:
     """Every policy by its name (the recent training-free rules live in :mod:`pipeline.decoding.training_free`)."""
     from pipeline.decoding.training_free import CreditDecoding, LocalLeap, Prophet
 
-    return {cls.name: cls for cls in (Vanilla, Threshold, Factor, ExtremelyGreedy, LearnedFilter, EntropyBounded,
-                                      StableConfidence, LocalLeap, CreditDecoding, Prophet)}
+    return {cls.name: cls for cls in (Vanilla, Threshold, Factor, ExtremelyGreedy, LearnedFilter, ReinforcedFilter,
+                                      EntropyBounded, StableConfidence, LocalLeap, CreditDecoding, Prophet)}
 
 
 def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -> Policy:
@@ -228,12 +235,13 @@ def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -
             return CreditDecoding(settings.threshold, settings.credit_alpha, settings.credit_gamma,
                                   settings.credit_beta)
         return Prophet(settings.steps_per_block, settings.num_blocks)
-    if settings.policy == "filter":
+    if settings.learned:
         from models.filter import BlockFilter
 
         if not settings.filter_path:
-            raise ConfigError("decode.filter_path", None, "decode=filter needs a saved filter (a train_filter "
-                                                          "artifact's filter/ folder)")
+            raise ConfigError("decode.filter_path", None, f"decode={settings.policy} needs a saved filter (a "
+                                                          "train_filter artifact's filter/ folder or a train_policy "
+                                                          "artifact's policy/ folder)")
         try:
             network = BlockFilter.load(settings.filter_path, device)
         except (OSError, ValueError, TypeError, RuntimeError, KeyError) as error:  # files that disagree
@@ -249,5 +257,6 @@ def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -
             raise ConfigError("decode.threshold", None, f"the filter at {settings.filter_path} stores no validated "
                                                         "threshold (train_filter.target_precision was off); allowed: "
                                                         "a number in (0, 1]")
-        return LearnedFilter(network, network.config.features, threshold, settings.steps_per_block)
+        learned = ReinforcedFilter if settings.policy == "rl_filter" else LearnedFilter
+        return learned(network, network.config.features, threshold, settings.steps_per_block)
     return policy_classes()[settings.policy]()

@@ -20,12 +20,14 @@ POLICY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "factor": ("factor", "factor_rule"),
     "egp": (),
     "filter": ("threshold", "filter_path"),
+    "rl_filter": ("threshold", "filter_path"),
     "entropy_bounded": ("gamma",),
     "klass": ("threshold", "kl_bound"),
     "local_leap": ("threshold", "relaxed_threshold", "radius"),
     "credit": ("threshold", "credit_alpha", "credit_gamma", "credit_beta"),
     "prophet": (),
 }
+LEARNED = ("filter", "rl_filter")  # decoded by a saved filter network
 NEEDS_REFERENCES = ("egp",)  # the oracle reads the vanilla output of the same window
 # Dream's alg: maskgit_plus, -, topk_margin, entropy, origin
 REMASKING = ("low_confidence", "random", "margin", "entropy", "origin")
@@ -63,7 +65,8 @@ class DecodeSettings:
     credit_alpha: float = 0.7  # credit: weight of log(1 + credit) added to the logits
     credit_gamma: float = 0.2  # credit: a step's credit is the predicted probability to this power
     credit_beta: float = 0.8  # credit: decay of the accumulated credit per step
-    filter_path: str | None = None  # filter policy: a saved filter; None = this experiment's train_filter
+    filter_path: str | None = None  # filter, rl_filter: a saved filter; None = this experiment's train_filter
+    #                                 (filter) or train_policy (rl_filter)
 
     @property
     def total_steps(self) -> int:
@@ -76,6 +79,11 @@ class DecodeSettings:
     @property
     def steps_per_block(self) -> int:
         return self.total_steps // self.num_blocks
+
+    @property
+    def learned(self) -> bool:
+        """A learned policy: the supervised filter or the one fine-tuned by reinforcement."""
+        return self.policy in LEARNED
 
     @property
     def needs_references(self) -> bool:
@@ -121,7 +129,7 @@ class DecodeSettings:
                               f"allowed: {', '.join(RANKING_PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"{prefix}.schedule", self.schedule, f"allowed: {', '.join(SCHEDULES)}")
-        if "threshold" in POLICY_PARAMETERS[self.policy] and not (self.policy == "filter" and self.threshold is None):
+        if "threshold" in POLICY_PARAMETERS[self.policy] and not (self.learned and self.threshold is None):
             check_probability(self.threshold, f"{prefix}.threshold")
         if self.policy == "entropy_bounded" and not self.gamma >= 0:
             raise ConfigError(f"{prefix}.gamma", self.gamma, "allowed: a number >= 0")

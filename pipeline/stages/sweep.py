@@ -4,7 +4,8 @@ In a single run the experiment's grid (``sweep.grid`` x ``sweep.gen_lengths``) i
 multirun (``-m decode=filter decode.threshold=0.5,0.9``) each job evaluates its own ``decode`` setting. Either
 way every setting is a typed :class:`DecodeSettings` and a content-addressed artifact, so settings shared by two
 sweeps are computed once. The oracle reuses the vanilla result's outputs as references; the filter policy uses
-the ``train_filter`` artifact. A result is recomputed when the filter or references it read have changed.
+the ``train_filter`` artifact and ``rl_filter`` the ``train_policy`` one. A result is recomputed when the filter
+or references it read have changed.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from pipeline.artifacts import (
 )
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.evaluation import evaluate_setting
-from pipeline.plan import is_multirun, sweep_settings, trains_filter
-from pipeline.stages import train_filter
+from pipeline.plan import is_multirun, sweep_settings, trains_filter, trains_policy
+from pipeline.stages import train_filter, train_policy
 from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain
 from pipeline.tracking import tracking
 
@@ -47,11 +48,20 @@ def result_key_settings(ctx: StageContext, setting: DecodeSettings) -> dict[str,
 def spec_for(ctx: StageContext, setting: DecodeSettings) -> ArtifactSpec:
     """The result artifact's identity, computed without decoding anything."""
     inputs: dict[str, str] = {}
-    if setting.policy == "filter":
-        inputs["filter"] = setting.filter_path or train_filter.spec(ctx).key
+    if setting.learned:
+        inputs["filter"] = setting.filter_path or learned_stage(setting).spec(ctx).key
     if setting.needs_references:
         inputs["references"] = spec_for(ctx, vanilla_of(setting)).key
     return ArtifactSpec("sweep", code_digest(CODE), result_key_settings(ctx, setting), inputs, ctx.labels())
+
+
+def learned_stage(setting: DecodeSettings):
+    """The stage whose artifact a learned setting decodes with: train_filter (filter) or train_policy."""
+    return train_policy if setting.policy == "rl_filter" else train_filter
+
+
+def learned_folder(setting: DecodeSettings) -> str:
+    return "policy" if setting.policy == "rl_filter" else "filter"
 
 
 def vanilla_of(setting: DecodeSettings) -> DecodeSettings:
@@ -63,13 +73,13 @@ def evaluate(ctx: StageContext, setting: DecodeSettings) -> Artifact:
     """One setting's result artifact, computing upstream (vanilla references, the filter) as needed."""
     spec = spec_for(ctx, setting)
     inputs: Inputs = {}
-    if setting.policy == "filter":
+    if setting.learned:
         if setting.filter_path:
             inputs["filter"] = folder_digest(Path(setting.filter_path))
         else:
-            trained = train_filter.ensure(ctx, upstream=True)
+            trained = learned_stage(setting).ensure(ctx, upstream=True)
             inputs["filter"] = trained
-            setting = setting.replace(filter_path=str(trained.path / "filter"))
+            setting = setting.replace(filter_path=str(trained.path / learned_folder(setting)))
     reference = evaluate(ctx, vanilla_of(setting)) if setting.needs_references else None
     if reference is not None:  # the oracle replays the vanilla tokens alone, not its timings
         inputs["references"] = reference.manifest.get("file_digests", {}).get("tokens.pt", reference.digest)
@@ -101,7 +111,7 @@ def evaluate(ctx: StageContext, setting: DecodeSettings) -> Artifact:
 def describe(setting: DecodeSettings | dict[str, Any]) -> str:
     s = setting if isinstance(setting, dict) else dataclasses.asdict(setting)
     parts = [s["policy"]]
-    if s["policy"] in ("threshold", "filter", "klass"):
+    if s["policy"] in ("threshold", "filter", "rl_filter", "klass", "local_leap", "credit"):
         parts.append(f"t={s['threshold'] if s['threshold'] is not None else 'validated'}")
     if s["policy"] == "klass":
         parts.append(f"kl={s['kl_bound']}")
@@ -119,8 +129,10 @@ def describe(setting: DecodeSettings | dict[str, Any]) -> str:
 def run(cfg: DictConfig, ctx: StageContext | None = None) -> list[Artifact]:
     ctx = ctx or StageContext(cfg)
     settings = sweep_settings(cfg, is_multirun())
-    if trains_filter(settings):
-        train_filter.ensure(ctx, upstream=True)  # fails early under reuse_only, before any result is written
+    if trains_filter(settings):  # fails early under reuse_only, before any result is written
+        train_filter.ensure(ctx, upstream=True)
+    if trains_policy(settings):
+        train_policy.ensure(ctx, upstream=True)
     results = []
     with tracking(cfg, "sweep", content_key({"settings": [s.identity() for s in settings]})) as tracker:
         for setting in settings:

@@ -1,0 +1,167 @@
+"""Stage ``train_policy``: reinforcement fine-tuning of the trained filter as an unmasking policy.
+
+Downstream of ``train_filter`` (its filter is the warm start and the KL anchor). Writes the fine-tuned policy as a
+saved filter (``policy/``, loadable by ``decode=rl_filter decode.filter_path=...``) with the threshold that did
+best on held-out training prompts, the per-update figures (``logs/``, and W&B), and resumes a killed run from
+``checkpoints/last.ckpt`` in the artifact's work directory. See :mod:`pipeline.policy_training` for the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig
+
+from pipeline import preemption
+from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
+from pipeline.decoding.settings import DecodeSettings
+from pipeline.plan import decode_settings
+from pipeline.progress import bar_wanted
+from pipeline.stages import train_filter
+from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain, quiet_lightning
+from pipeline.stages.train_filter import resumable
+from pipeline.tracking import tracking
+
+log = logging.getLogger(__name__)
+CODE = (*DECODING_CODE, "models/filter.py", "pipeline/policy_training.py", "pipeline/stages/train_policy.py")
+SPEED_ONLY = ("val_every_n_updates", "checkpoint_every_n_updates")  # when to look and save, not what is learned
+
+
+def rollout_settings(cfg: DictConfig) -> DecodeSettings:
+    """The decode the policy is trained under: the experiment's window, block and steps, EoTP as
+    ``train_policy.eotp`` says."""
+    return decode_settings(cfg).replace(policy="rl_filter", eotp=bool(cfg.train_policy.eotp), threshold=None,
+                                        filter_path=None)
+
+
+def spec(ctx: StageContext) -> ArtifactSpec:
+    settings = {"train": {k: v for k, v in plain(ctx.cfg.train_policy).items() if k not in SPEED_ONLY},
+                "decode": rollout_settings(ctx.cfg).identity(), "model": model_identity(ctx.cfg.model),
+                "task": plain(ctx.cfg.task), "device": ctx.device.type}
+    return ArtifactSpec("train_policy", code_digest(CODE), settings, {"filter": train_filter.spec(ctx).key},
+                        ctx.labels())
+
+
+def ensure(ctx: StageContext, upstream: bool = False) -> Artifact:
+    """The fine-tuned policy, retrained when forced or when the supervised filter it starts from changed."""
+    s = spec(ctx)
+    existing = ctx.store.check_upstream(s, upstream and bool(ctx.cfg.reuse_only))
+    if existing is not None and not ctx.forced("train_policy"):
+        warm = ctx.store.load(train_filter.spec(ctx))
+        if ctx.store.is_current(existing, {"filter": warm}):
+            log.info("train_policy %s: complete, reusing %s (nothing to compute)", s.key, existing.path)
+            return existing
+    warm = train_filter.ensure(ctx, upstream=True)
+    with tracking(ctx.cfg, "train_policy", s.key) as tracker, quiet_lightning():
+        artifact = ctx.store.materialize(s, lambda work: fit(ctx, warm, work, tracker), force=True,
+                                         inputs={"filter": warm})
+        tracker.summary(artifact.figures)
+    return artifact
+
+
+def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
+    from models.filter import BlockFilter
+    from pipeline.policy_training import Environment, PolicyGradientModule, PromptSchedule, loaders
+
+    cfg, tp = ctx.cfg, ctx.cfg.train_policy
+    L.seed_everything(tp.seed, workers=True)
+    network = BlockFilter.load(warm.path / "filter").train()
+    examples = ctx.task.examples(tp.split, tp.num_prompts + tp.val_prompts)
+    env = Environment(ctx.loaded, ctx.task, examples[: tp.num_prompts], examples[tp.num_prompts :],
+                      rollout_settings(cfg), tp.group_size, tp.speed_weight,
+                      PromptSchedule(tp.num_prompts, tp.prompts_per_update, tp.seed))
+    module = PolicyGradientModule(network, lr=tp.lr, kl_weight=tp.kl_weight,
+                                  normalize_advantage=tp.normalize_advantage, val_threshold=tp.thresholds[0],
+                                  seed=tp.seed)
+    module.environment = env
+    train, val = loaders(tp.updates)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=work / "checkpoints", filename="last", save_top_k=1, every_n_train_steps=tp.checkpoint_every_n_updates,
+        enable_version_counter=False,
+    )
+    callbacks: list[L.Callback] = [checkpoints]
+    plugins = []
+    snapshot = preemption.UpdateSnapshot(work / "checkpoints" / "last.ckpt")
+    if preemption.in_slurm_job():  # the job wrapper owns the preemption signal (see train_filter)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        callbacks.append(snapshot)
+    bar = bar_wanted(bool(cfg.progress))
+    if not bar:
+        callbacks.append(UpdateLog(tp.updates))
+    loggers = [L.pytorch.loggers.CSVLogger(work, name="logs", version=0)]
+    if tracker.run is not None:
+        loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
+    trainer = L.Trainer(
+        max_epochs=-1, max_steps=tp.updates,  # a resumed run may restart the loader: updates count, not epochs
+        accelerator="gpu" if ctx.device.type == "cuda" else "cpu", devices=1,
+        callbacks=callbacks, logger=loggers, enable_progress_bar=bar, val_check_interval=tp.val_every_n_updates,
+        num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=work, enable_model_summary=False,
+        plugins=plugins, limit_val_batches=1,
+    )
+    last = resumable(work / "checkpoints" / "last.ckpt")
+    first_update = resumed_at(last)
+    began = time.perf_counter()
+    with preemption.saver(snapshot.save):
+        preemption.fit(trainer, module, train_dataloaders=train, val_dataloaders=val,
+                       ckpt_path=str(last) if last else None)
+    seconds = time.perf_counter() - began
+    policy = module.network.cpu().eval()
+    chosen = choose_threshold(env, policy, list(tp.thresholds))
+    supervised = BlockFilter.load(warm.path / "filter")
+    validated = [supervised.config.threshold] if supervised.config.threshold is not None else []
+    start = choose_threshold(env, supervised, list(tp.thresholds) + validated)
+    policy.config = dataclasses.replace(policy.config, threshold=chosen["threshold"])
+    rollouts = (trainer.global_step - first_update) * tp.prompts_per_update * tp.group_size
+    figures = {**{f"validated/{k}": v for k, v in chosen.items()},
+               **{f"warm_start/{k}": v for k, v in start.items()},
+               "updates": trainer.global_step, "rollouts": trainer.global_step * tp.prompts_per_update * tp.group_size,
+               "seconds": seconds, "minutes_per_1000_rollouts": seconds / 60 / max(rollouts, 1) * 1000,
+               **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}}
+    policy.save(work / "policy")
+    (work / "metrics.json").write_text(json.dumps(figures, indent=2))
+    log.info("train_policy: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
+    return figures
+
+
+def choose_threshold(env, network, thresholds: list[float]) -> dict[str, float]:
+    """The deterministic policy's threshold with the highest mean reward on the held-out prompts (ties: the
+    higher accuracy, then the first listed), with its accuracy and NFE there."""
+    results = [{"threshold": t, **env.evaluate(network, t)} for t in thresholds]
+    for r in results:
+        log.info("train_policy: held-out prompts at threshold %.3g: accuracy %.3f, NFE %.2f, reward %.4f",
+                 r["threshold"], r["accuracy"], r["nfe"], r["reward"])
+    return max(results, key=lambda r: (r["reward"], r["accuracy"], -results.index(r)))
+
+
+def resumed_at(checkpoint: Path | None) -> int:
+    """The update a run starts from: 0, or the one its checkpoint holds."""
+    if checkpoint is None:
+        return 0
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+
+
+class UpdateLog(L.Callback):
+    """Without a progress bar: one log line per tenth of the updates, with the rollouts' reward, accuracy, NFE."""
+
+    def __init__(self, updates: int) -> None:
+        self.updates, self.every = updates, max(updates // 10, 1)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every and step != self.updates:
+            return
+        m = trainer.callback_metrics
+        log.info("train_policy: update %d/%d: reward %.4f, accuracy %.3f, NFE %.2f", step, self.updates,
+                 float(m.get("train/reward", float("nan"))), float(m.get("train/accuracy", float("nan"))),
+                 float(m.get("train/nfe", float("nan"))))
+
+
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
+    return ensure(ctx or StageContext(cfg))
