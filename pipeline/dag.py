@@ -1,9 +1,10 @@
 """The pipeline as a DAG of cluster jobs, planned from the artifact keys alone (nothing is decoded or trained).
 
 A node is one array of jobs running one stage: trajectory shards, filter training (which drives any on-policy
-rounds itself), the sweep's settings (rules at once, learned-filter settings after the filter) and the
-aggregation. A node whose artifacts are complete is not run; one whose upstream runs again is run again, and its
-own job then reuses whatever is still current (the stages' usual checks).
+rounds itself), the policy's reinforcement fine-tuning (when the grid decodes with it), the sweep's settings
+(rules at once, learned settings after the filter and the policy) and the aggregation. A node whose artifacts
+are complete is not run; one whose upstream runs again is run again, and its own job then reuses whatever is
+still current (the stages' usual checks).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from dataclasses import dataclass, field
 
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.plan import expand_grid, stages_to_run
-from pipeline.stages import aggregate, sweep, train_filter, trajectories
+from pipeline.stages import aggregate, sweep, train_filter, train_policy, trajectories
 from pipeline.stages.common import StageContext
 from pipeline.trajectory_data import shard_name
 
-DAG_STAGES = ("all", "trajectories", "train_filter", "sweep", "aggregate")
+DAG_STAGES = ("all", "trajectories", "train_filter", "train_policy", "sweep", "aggregate")
 
 
 @dataclass
@@ -59,8 +60,13 @@ def plan(ctx: StageContext) -> list[Node]:
         node = Node("train_filter", "train_filter", [] if ctx.store.load(s) else [[]],
                     ["trajectories"] if "trajectories" in rerun else [], str(ctx.store.path(s)), keys=[s.key])
         add(node, "trajectories" in rerun)
+    if "train_policy" in wanted:
+        s = train_policy.spec(ctx)
+        node = Node("train_policy", "train_policy", [] if ctx.store.load(s) else [[]],
+                    ["train_filter"] if "train_filter" in rerun else [], str(ctx.store.path(s)), keys=[s.key])
+        add(node, "train_filter" in rerun)
     if "sweep" in wanted:
-        for node in sweep_nodes(ctx, "train_filter" in rerun):
+        for node in sweep_nodes(ctx, [n for n in ("train_filter", "train_policy") if n in rerun]):
             add(node, bool(node.after))
     if "aggregate" in wanted:
         keys = {sweep.spec_for(ctx, s).key for s in expand_grid(cfg)} | {a.key for a in aggregate.labelled(ctx)}
@@ -87,22 +93,23 @@ def trajectory_node(ctx: StageContext) -> Node:
                 done=len(shards) - len(missing), total=len(shards), keys=[s.key])
 
 
-def sweep_nodes(ctx: StageContext, filter_reruns: bool) -> list[Node]:
+def sweep_nodes(ctx: StageContext, learner_reruns: list[str]) -> list[Node]:
     """The grid's settings in two arrays: ``sweep`` (rules, vanilla, oracle: they need no filter, so they start
-    at once) and ``sweep_filter`` (after the filter). An oracle setting shares a task with the vanilla decode whose
-    outputs it replays, so that decode runs once."""
+    at once) and ``sweep_filter`` (the learned settings, after the filter and policy stages in ``learner_reruns``
+    that run again). An oracle setting shares a task with the vanilla decode whose outputs it replays, so that
+    decode runs once."""
     settings = expand_grid(ctx.cfg)
     keys = [sweep.spec_for(ctx, s).key for s in settings]
-    learned = {i for i, s in enumerate(settings) if s.policy == "filter" and not s.filter_path}
+    learned = {i for i, s in enumerate(settings) if s.learned and not s.filter_path}
     nodes = []
     for name, members in (("sweep", [i for i in range(len(settings)) if i not in learned]),
                           ("sweep_filter", sorted(learned))):
         if not members:
             continue
-        rerun = filter_reruns and name == "sweep_filter"
+        rerun = bool(learner_reruns) and name == "sweep_filter"
         missing = [i for i in members if rerun or ctx.store.load(sweep.spec_for(ctx, settings[i])) is None]
         parts = chunk(groups(settings, missing), ctx.cfg.launcher.sweep_tasks)
-        nodes.append(Node(name, "sweep", parts, ["train_filter"] if rerun else [],
+        nodes.append(Node(name, "sweep", parts, learner_reruns if rerun else [],
                           str(ctx.store.root / "sweep"), done=len(members) - len(missing), total=len(members),
                           keys=[keys[i] for i in members]))
     return nodes

@@ -34,6 +34,19 @@ def test_a_fresh_experiment_plans_every_stage_with_its_dependencies(tmp_path):
     assert not (tmp_path / "artifacts").exists(), "planning writes nothing"
 
 
+def test_the_reinforced_policy_is_a_node_between_the_filter_and_the_learned_settings(tmp_path):
+    grid = "sweep.grid=[{policy: vanilla}, {policy: filter}, {policy: rl_filter, threshold: [null, 0.5]}]"
+    ctx, nodes = planned(tmp_path, "filter=transformer1", grid)
+    assert list(nodes) == ["trajectories", "train_filter", "train_policy", "sweep", "sweep_filter", "aggregate"]
+    assert nodes["train_policy"].after == ["train_filter"]
+    assert nodes["sweep_filter"].after == ["train_filter", "train_policy"]
+    settings = expand_grid(ctx.cfg)
+    assert sorted(settings[i].policy for part in nodes["sweep_filter"].parts for i in part) == \
+        ["filter", "rl_filter", "rl_filter"]
+    _, nodes = planned(tmp_path, "filter=transformer1", "stage=sweep", "sweep.grid=[{policy: rl_filter}]")
+    assert list(nodes) == ["trajectories", "train_filter", "train_policy", "sweep_filter"]
+
+
 def test_written_shards_are_not_planned_again_and_sweep_tasks_bounds_the_array(tmp_path):
     ctx, _ = planned(tmp_path, "trajectories.num_shards=3")
     work = ctx.store.work_dir(trajectories.spec(ctx)) / "shards"

@@ -7,8 +7,9 @@ and ``frontier.png`` and logs the table and plot to W&B. The oracle is shown for
 candidate for the frontier, since it needs the reference output in advance.
 
 The headline figures make the paper's claim checkable: how many hand-tuned rule settings (``BASELINES``) some
-learned-filter setting matches or beats on both axes (like with like: the same EoTP and KV cache), which ones it
-does not, and how close the fastest filter setting that keeps vanilla's accuracy comes to the oracle.
+learned setting (the supervised filter or the policy fine-tuned from it, ``rl_filter``) matches or beats on both
+axes (like with like: the same EoTP and KV cache), which ones it does not, and how close the fastest learned
+setting that keeps vanilla's accuracy comes to the oracle.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 CODE = ("pipeline/stages/aggregate.py",)
 Point = tuple[float, float]  # in display pixels
 ORACLES = ("egp",)  # plotted as the ceiling, but never on the frontier: they need the answer in advance
-BASELINES = ("threshold", "factor", "entropy_bounded", "klass")  # the hand-tuned rules the filter must beat
+# the hand-tuned and training-free rules a learned policy must beat
+BASELINES = ("threshold", "factor", "entropy_bounded", "klass", "local_leap", "credit", "prophet")
+LEARNED = ("filter", "rl_filter")  # the supervised filter and the policy fine-tuned from it by reinforcement
 COLUMNS = ("label", "policy", "parameter", "eotp", "cache", "threshold", "gen_length", "accuracy", "full_match",
            "nfe_mean", "nfe_p50", "nfe_p90", "speedup_nfe", "speedup_wall", "tokens_per_s", "wall_time_s",
            "frontier_nfe", "frontier_wall", "key")
@@ -51,6 +54,10 @@ COLUMNS = ("label", "policy", "parameter", "eotp", "cache", "threshold", "gen_le
 # the rules muted, and each family's annotations on a side of their own, so families sharing a point stay legible
 STYLES: dict[str, tuple[str, str, tuple[int, int]]] = {
     "filter": ("#d62728", "P", (1, 1)),
+    "rl_filter": ("#ff7f0e", "h", (1, 1)),
+    "local_leap": ("#6bb0b0", "<", (1, -1)),
+    "credit": ("#c08fa0", ">", (-1, 1)),
+    "prophet": ("#a0a060", "d", (0, -1)),
     "threshold": ("#5f87ad", "o", (1, -1)),
     "factor": ("#7a9e7a", "^", (-1, 1)),
     "entropy_bounded": ("#b0916b", "v", (-1, -1)),
@@ -127,9 +134,12 @@ def parameter(decode: dict[str, Any]) -> str:
     """The knob a policy was run at, in words (``tau=0.9``, ``f=1.0``, ``gamma=0.1``, ``tau=0.9, kl<=0.01``);
     empty for policies without one. A filter threshold of None is the one validated with the filter."""
     policy = decode["policy"]
-    if policy in ("threshold", "filter"):
+    if policy in ("threshold", "filter", "rl_filter", "credit"):
         value = decode.get("threshold")
         return "tau=validated" if value is None else f"tau={number(value)}"
+    if policy == "local_leap":
+        return (f"tau={number(decode.get('threshold'))}, relaxed={number(decode.get('relaxed_threshold'))}, "
+                f"r={decode.get('radius')}")
     if policy == "factor":
         return f"f={number(decode.get('factor'))}" + (" ref" if decode.get("factor_rule") == "reference" else "")
     if policy == "entropy_bounded":
@@ -199,10 +209,11 @@ def matches(candidate: dict[str, Any], rule: dict[str, Any]) -> bool:
             and candidate["nfe_mean"] <= rule["nfe_mean"] and candidate["accuracy"] >= rule["accuracy"])
 
 
-def rule_matches(group: list[dict[str, Any]]) -> dict[str, list[tuple[dict[str, Any], bool]]]:
-    """Per baseline family present in one gen length's rows: each rule setting and whether some filter setting
-    matches or beats it. Empty without filter settings (there is no claim to check)."""
-    filters = [r for r in group if r["policy"] == "filter"]
+def rule_matches(group: list[dict[str, Any]], learned: tuple[str, ...] = LEARNED
+                 ) -> dict[str, list[tuple[dict[str, Any], bool]]]:
+    """Per baseline family present in one gen length's rows: each rule setting and whether some setting of a
+    ``learned`` policy matches or beats it. Empty without such settings (there is no claim to check)."""
+    filters = [r for r in group if r["policy"] in learned]
     if not filters:
         return {}
     found = {}
@@ -228,7 +239,7 @@ def headline(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     for gen_length in sorted({r["gen_length"] for r in rows}):
         group = [r for r in rows if r["gen_length"] == gen_length]
         base = vanilla(group)
-        filters = [r for r in group if r["policy"] == "filter"]
+        filters = [r for r in group if r["policy"] in LEARNED]
         prefix = f"L{gen_length}/"
         if base and filters:
             # the small slack keeps "within tolerance" true at exactly the tolerance despite float rounding
@@ -253,6 +264,10 @@ def headline(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
             unmatched = [setting_name(r) for r, m in checked if not m]
             if unmatched:
                 figures[prefix + "unmatched"] = ", ".join(unmatched)
+            present = [p for p in LEARNED if any(r["policy"] == p for r in group)]
+            for policy in present if len(present) > 1 else ():  # what each learned policy matches on its own
+                alone = [pair for pairs in rule_matches(group, (policy,)).values() for pair in pairs]
+                figures[prefix + f"{policy}_alone_matched"] = f"{sum(m for _, m in alone)}/{len(alone)}"
     return figures
 
 
@@ -282,6 +297,10 @@ def summary_sentences(figures: dict[str, Any], tolerance: float) -> list[str]:
                         "are matched or beaten (no more forward passes, no lower accuracy, same EoTP and KV cache) "
                         "by a filter setting")
             sentences.append(sentence + (f"; not matched: {f['unmatched']}." if "unmatched" in f else "."))
+            alone = [p for p in LEARNED if f"{p}_alone_matched" in f]
+            if alone:
+                sentences.append("Each learned policy alone: " + ", ".join(
+                    "{} {} of {}".format(p, *fraction(f[f"{p}_alone_matched"])) for p in alone) + ".")
         if "vanilla_accuracy" in f:
             near = f"within {100 * tolerance:g} points of vanilla ({100 * f['vanilla_accuracy']:.1f}%)"
             if "best_filter" in f:
@@ -478,7 +497,7 @@ def drawn_path(line: Line2D) -> Polyline:
 
 def legend_order(series: tuple[str, bool, str]) -> tuple[int, str, bool, str]:
     """The filter first, then the rules it is compared with, then the references."""
-    order = ("filter", *BASELINES, "vanilla", *ORACLES)
+    order = (*LEARNED, *BASELINES, "vanilla", *ORACLES)
     policy = series[0]
     return (order.index(policy) if policy in order else len(order), *series)
 
@@ -507,7 +526,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
                 pts = sorted((r for r in group if (r["policy"], r["eotp"], r["cache"]) == (policy, eotp, cache)),
                              key=lambda r: r[speed])
                 drawn = point_labels(pts, speed)
-                learned = policy == "filter"
+                learned = policy in LEARNED
                 label = series_name(policy, eotp, cache)
                 ax.plot([x for x, _, _ in drawn], [y for _, y, _ in drawn], marker=marker, color=colour,
                         markerfacecolor=colour if cache == "none" else "white", linestyle="-" if eotp else "--",
