@@ -285,9 +285,10 @@ def check_train_policy(cfg: DictConfig, multirun: bool) -> None:
     check_train_filter(cfg, multirun)  # its warm start
     for name in ("updates", "prompts_per_update", "val_prompts", "val_every_n_updates", "checkpoint_every_n_updates"):
         at_least(cfg, f"train_policy.{name}", 1)
-    at_least(cfg, "train_policy.group_size", 2, "an integer (a group's mean is each rollout's baseline)")
-    at_least(cfg, "train_policy.num_prompts", tp.prompts_per_update,
-              "an integer (at least train_policy.prompts_per_update)")
+    at_least(cfg, "train_policy.group_size", 2)  # a group's mean is each rollout's baseline
+    if tp.num_prompts < tp.prompts_per_update:
+        raise ConfigError("train_policy.num_prompts", tp.num_prompts,
+                          f"allowed: at least train_policy.prompts_per_update ({tp.prompts_per_update})")
     check_task_split(cfg, "train_policy.split", "train_policy.num_prompts")
     task = build_task(cfg.task)
     if task.sizes_are_cheap and tp.num_prompts + tp.val_prompts > task.split_size(tp.split):

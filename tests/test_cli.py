@@ -45,6 +45,12 @@ BAD_SETTINGS = [
     ([MICRO, "train_filter.target_precision=2"], "train_filter.target_precision=2.0: allowed: a number in (0, 1]"),
     ([MICRO, "train_filter.early_stopping_patience=0"], "train_filter.early_stopping_patience=0: allowed: an integer"),
     ([MICRO, "train_filter=fast"], "train_filter=fast: no such option; allowed: default, paper"),
+    ([MICRO, "stage=train_policy", "train_policy.group_size=1"], "train_policy.group_size=1: allowed: an integer >= 2"),
+    ([MICRO, "stage=train_policy", "train_policy.thresholds=[1.5]"],
+     "train_policy.thresholds=1.5: allowed: a number in (0, 1]"),
+    ([MICRO, "stage=train_policy", "train_policy.val_prompts=40000"], "train_policy.val_prompts=40000: allowed: 1 to"),
+    ([MICRO, "stage=train_policy", "trajectories.block_length=8", "decode.block_length=16"],
+     "trajectories.block_length=8: the filter is tied to its block length; allowed: the decoded block length (16)"),
     ([MICRO, "trajectories.on_policy_rounds=-1"], "trajectories.on_policy_rounds=-1: allowed: an integer >= 0"),
     ([MICRO, "train_filter.target_precision=null", "sweep.grid=[{policy: filter, threshold: [null]}]"],
      "decode.threshold=null: a filter's validated threshold needs train_filter.target_precision"),
@@ -140,12 +146,13 @@ def test_a_prompt_longer_than_the_context_is_refused_in_one_line(tmp_path):
 def test_help_lists_stages_experiments_and_policies():
     result = run_cli("--help")
     assert result.returncode == 0
-    for word in ("all", "trajectories", "train_filter", "sweep", "aggregate", "evaluate", "pretrain",
+    for word in ("all", "trajectories", "train_filter", "train_policy", "sweep", "aggregate", "evaluate", "pretrain",
                  "score_references", "experiment: dream_gsm8k_256, frontier_arith, frontier_arith_256",
-                 "decode: credit, egp, entropy_bounded, factor, filter, klass, local_leap, prophet, threshold, vanilla",
+                 "decode: credit, egp, entropy_bounded, factor, filter, klass, local_leap, prophet, rl_filter,",
+                 "frontier_arith_full, frontier_chain, frontier_chain_256, frontier_chain_32, frontier_chain_full",
                  "model: dream_7b_instruct, dream_random, llada_1_5_8b, llada_8b_instruct, llada_random",
                  "task: arith, chain, gsm8k, humaneval, jsonl, lm_eval, lm_eval_gsm8k, math, mbpp",
-                 "train_filter: default, paper"):
+                 "train_filter: default, paper", "train_policy: default"):
         assert word in result.stdout
 
 
