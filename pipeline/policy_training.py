@@ -65,6 +65,18 @@ class SampledFilter(LearnedFilter):
         return actions | top_k_mask(view.scores, view.masked, view.k), view.predicted
 
 
+def center_on(network: BlockFilter, threshold: float) -> BlockFilter:
+    """The same filter with its logits shifted so that probability 0.5 falls where ``threshold`` was: as a
+    Bernoulli policy it then commits surely what the filter accepted surely and hesitates at its threshold (the
+    supervised filter's probabilities sit near 1 almost everywhere, so drawn as they are it would commit nearly
+    every position at the first step)."""
+    shift = math.log(threshold / (1 - threshold)) if threshold < 1 else 0.0
+    last = network.head if network.config.any_block_length else network.net[-1]
+    with torch.no_grad():
+        last.bias -= shift
+    return network
+
+
 def rewards(correct: torch.Tensor, nfe: torch.Tensor, gen_length: int, speed_weight: float) -> torch.Tensor:
     """0 for a wrong answer; ``1 + speed_weight * (1 - NFE / gen_length)`` for a right one (1 at vanilla's
     one pass per token, up to ``1 + speed_weight`` as passes fall to none)."""

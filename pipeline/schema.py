@@ -119,6 +119,7 @@ class TrainPolicyConfig:
     updates: int = MISSING
     prompts_per_update: int = MISSING
     group_size: int = MISSING
+    center: bool = True
     lr: float = MISSING
     kl_weight: float = MISSING
     speed_weight: float = MISSING

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from pipeline.policy_training import (
     PromptSchedule,
     SampledFilter,
     bernoulli_kl,
+    center_on,
     group_advantages,
     policy_loss,
     rewards,
@@ -98,6 +100,16 @@ def test_rollouts_draw_from_the_policy_and_keep_the_schedules_commit(micro_model
     _, nfe = generate_batch(micro_model, prompts, policy, settings, MASK, EOS)
     drawn = torch.cat([d.actions[d.masked] for d in policy.decisions]).float().mean()
     assert 2 < nfe.float().mean() < 16 and 0.3 < drawn < 0.7, "probability 0.5: about half the positions commit"
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "transformer"])
+def test_centering_puts_probability_one_half_at_the_filters_threshold(architecture):
+    torch.manual_seed(0)
+    net = BlockFilter(FilterConfig(block_length=8, features=FEATURES, num_layers=2, architecture=architecture))
+    features = torch.rand(3, 8, len(FEATURES))
+    before = net(features).detach()
+    after = center_on(net, 0.98)(features).detach()
+    assert torch.allclose(before - after, torch.full_like(before, math.log(0.98 / 0.02)), atol=1e-5)
 
 
 def test_each_updates_prompts_depend_on_its_number_alone():

@@ -72,13 +72,13 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
 
     cfg, tp = ctx.cfg, ctx.cfg.train_policy
     L.seed_everything(tp.seed, workers=True)
-    network = BlockFilter.load(warm.path / "filter").train()
+    network = warm_start(BlockFilter.load(warm.path / "filter"), tp.center, cfg.train_filter.threshold).train()
     examples = ctx.task.examples(tp.split, tp.num_prompts + tp.val_prompts)
     env = Environment(ctx.loaded, ctx.task, examples[: tp.num_prompts], examples[tp.num_prompts :],
                       rollout_settings(cfg), tp.group_size, tp.speed_weight,
                       PromptSchedule(tp.num_prompts, tp.prompts_per_update, tp.seed))
     module = PolicyGradientModule(network, lr=tp.lr, kl_weight=tp.kl_weight,
-                                  normalize_advantage=tp.normalize_advantage, val_threshold=tp.thresholds[0],
+                                  normalize_advantage=tp.normalize_advantage, val_threshold=0.5,
                                   seed=tp.seed)
     module.environment = env
     train, val = loaders(tp.updates)
@@ -114,9 +114,8 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
     seconds = time.perf_counter() - began
     policy = module.network.cpu().eval()
     chosen = choose_threshold(env, policy, list(tp.thresholds))
-    supervised = BlockFilter.load(warm.path / "filter")
-    validated = [supervised.config.threshold] if supervised.config.threshold is not None else []
-    start = choose_threshold(env, supervised, list(tp.thresholds) + validated)
+    start = choose_threshold(env, warm_start(BlockFilter.load(warm.path / "filter"), tp.center,
+                                             cfg.train_filter.threshold), list(tp.thresholds))
     policy.config = dataclasses.replace(policy.config, threshold=chosen["threshold"])
     rollouts = (trainer.global_step - first_update) * tp.prompts_per_update * tp.group_size
     figures = {**{f"validated/{k}": v for k, v in chosen.items()},
@@ -128,6 +127,16 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
     (work / "metrics.json").write_text(json.dumps(figures, indent=2))
     log.info("train_policy: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
     return figures
+
+
+def warm_start(network, center: bool, fallback: float):
+    """The supervised filter as the policy starts from it: with ``center``, its logits shifted so probability 0.5
+    sits at its validated threshold (``train_filter.threshold`` where it stores none)."""
+    from pipeline.policy_training import center_on
+
+    if not center:
+        return network
+    return center_on(network, network.config.threshold if network.config.threshold is not None else fallback)
 
 
 def choose_threshold(env, network, thresholds: list[float]) -> dict[str, float]:
