@@ -305,7 +305,6 @@ def check_train_policy(cfg: DictConfig, multirun: bool) -> None:
         check_probability(threshold, "train_policy.thresholds")
     if not SEED_RANGE[0] <= tp.seed <= SEED_RANGE[1]:
         raise ConfigError("train_policy.seed", tp.seed, f"allowed: {SEED_RANGE[0]} to {SEED_RANGE[1]}")
-    check_tied_block_length(cfg, cfg.decode.block_length)
 
 
 def check_tied_block_length(cfg: DictConfig, block_length: int) -> None:

@@ -35,9 +35,11 @@ SPEED_ONLY = ("val_every_n_updates", "checkpoint_every_n_updates")  # when to lo
 
 
 def rollout_settings(cfg: DictConfig) -> DecodeSettings:
-    """The decode the policy is trained under: the experiment's window, block and steps, EoTP as
-    ``train_policy.eotp`` says."""
-    return decode_settings(cfg).replace(policy="rl_filter", eotp=bool(cfg.train_policy.eotp), threshold=None,
+    """The decode the policy is trained under: the window, block and steps its filter's trajectories were
+    recorded at (so experiments decoding longer windows share one policy), EoTP as ``train_policy.eotp`` says."""
+    t = cfg.trajectories
+    return decode_settings(cfg).replace(policy="rl_filter", gen_length=t.gen_length, block_length=t.block_length,
+                                        steps=t.steps, eotp=bool(cfg.train_policy.eotp), threshold=None,
                                         filter_path=None)
 
 
