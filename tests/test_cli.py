@@ -49,7 +49,7 @@ BAD_SETTINGS = [
     ([MICRO, "stage=train_policy", "train_policy.thresholds=[1.5]"],
      "train_policy.thresholds=1.5: allowed: a number in (0, 1]"),
     ([MICRO, "stage=train_policy", "train_policy.val_prompts=40000"], "train_policy.val_prompts=40000: allowed: 1 to"),
-    ([MICRO, "stage=sweep", "trajectories.block_length=8", "decode.block_length=16", "sweep.grid=[{policy:rl_filter}]"],
+    ([MICRO, "stage=sweep", "trajectories.block_length=8", "sweep.block_length=16", "sweep.grid=[{policy:rl_filter}]"],
      "trajectories.block_length=8: the filter is tied to its block length; allowed: the decoded block length (16)"),
     ([MICRO, "trajectories.on_policy_rounds=-1"], "trajectories.on_policy_rounds=-1: allowed: an integer >= 0"),
     ([MICRO, "train_filter.target_precision=null", "sweep.grid=[{policy: filter, threshold: [null]}]"],
