@@ -151,6 +151,25 @@ def test_a_filter_setting_matches_only_rule_settings_with_its_eotp_choice():
     assert both["L64/baseline_settings_matched"] == "1/1" and "L64/unmatched" not in both
 
 
+def test_the_reinforced_policy_is_learned_and_the_training_free_rules_are_baselines():
+    rows = aggregate.frontier_rows([
+        result("vanilla L=64", "vanilla", 0.93, 64.0),
+        result("local_leap t=0.9 L=64", "local_leap", 0.90, 6.0, threshold=0.9),
+        result("credit t=0.9 L=64", "credit", 0.92, 5.0, threshold=0.9),
+        result("prophet L=64", "prophet", 0.80, 3.0),
+        result("filter t=0.9 L=64", "filter", 0.90, 6.0, threshold=0.9),  # matches LocalLeap only
+        result("rl_filter t=0.5 L=64", "rl_filter", 0.92, 5.0, threshold=0.5),  # matches LocalLeap and credit
+    ])
+    figures = aggregate.headline(rows, TOLERANCE)
+    assert figures["L64/local_leap_settings_matched"] == "1/1" and figures["L64/credit_settings_matched"] == "1/1"
+    assert figures["L64/baseline_settings_matched"] == "2/3" and figures["L64/unmatched"] == "prophet L=64"
+    assert figures["L64/filter_alone_matched"] == "1/3" and figures["L64/rl_filter_alone_matched"] == "2/3"
+    assert "Each learned policy alone: filter 1 of 3, rl_filter 2 of 3." in aggregate.summary_sentences(
+        figures, TOLERANCE)
+    assert by_label(rows, "rl_filter t=0.5 L=64")["parameter"] == "tau=0.5"
+    assert aggregate.legend_order(("rl_filter", False, "none")) < aggregate.legend_order(("threshold", False, "none"))
+
+
 def test_no_unmatched_key_when_every_rule_setting_is_matched():
     rows = aggregate.frontier_rows([
         result("vanilla L=64", "vanilla", 0.93, 64.0),
