@@ -146,6 +146,11 @@ def test_the_stage_trains_resumes_and_its_policy_decodes_in_the_sweep(tmp_path):
     assert swept.returncode == 0, swept.stderr[-3000:]
     assert "train_policy" in swept.stderr and "reusing" in swept.stderr
     assert "sweep" in swept.stderr and "rl_filter t=validated" in swept.stderr and "rl_filter t=0.9" in swept.stderr
+    timed = run_cli("+experiment=micro", "filter=transformer1", "stage=benchmark", *TINY_RL, grid,
+                    "benchmark.num_prompts=4", "benchmark.warmup=1", "benchmark.batch_size=null", f"output_dir={out}",
+                    "logger=none", "progress=false", timeout=900)
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    assert "benchmark rl_filter t=0.9 L=32" in timed.stderr
 
     from pipeline.stages import train_policy
     from pipeline.stages.common import StageContext
@@ -154,12 +159,13 @@ def test_the_stage_trains_resumes_and_its_policy_decodes_in_the_sweep(tmp_path):
     ctx = StageContext(compose_config(["+experiment=micro", "filter=transformer1", *TINY_RL,
                                        f"output_dir={out}", "logger=none", "progress=false"]))
     warm = ctx.store.load(train_policy.train_filter.spec(ctx))
-    work = tmp_path / "resumed"
+    work, whole = tmp_path / "resumed", tmp_path / "whole"
     ctx.cfg.train_policy.updates = 1
     train_policy.fit(ctx, warm, work, Tracker())
     assert (work / "checkpoints" / "last.ckpt").exists()
     ctx.cfg.train_policy.updates = 2
     resumed = train_policy.fit(ctx, warm, work, Tracker())
     assert resumed["updates"] == 2
+    train_policy.fit(ctx, warm, whole, Tracker())  # uninterrupted, in this process (same threads, same sums)
     assert torch.equal(*(torch.cat([t.flatten() for t in BlockFilter.load(folder).state_dict().values()])
-                         for folder in (work / "policy", artifact / "policy")))
+                         for folder in (work / "policy", whole / "policy")))

@@ -28,8 +28,8 @@ from pipeline.decoding.policies import build_policy
 from pipeline.decoding.reference import llada_generate
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.evaluation import reference_outputs, run_decode, summarize
-from pipeline.plan import expand_grid, trains_filter
-from pipeline.stages import train_filter
+from pipeline.plan import expand_grid, trains_filter, trains_policy
+from pipeline.stages import train_filter, train_policy
 from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain
 from pipeline.stages.sweep import describe, vanilla_of
 from pipeline.tracking import tracking
@@ -51,6 +51,8 @@ def settings_of(ctx: StageContext) -> list[DecodeSettings]:
 def spec(ctx: StageContext, settings: list[DecodeSettings]) -> ArtifactSpec:
     b = ctx.cfg.benchmark
     inputs = {"filter": train_filter.spec(ctx).key} if trains_filter(settings) else {}
+    if trains_policy(settings):
+        inputs["policy"] = train_policy.spec(ctx).key
     return ArtifactSpec("benchmark", code_digest(CODE), {
         "settings": [s.identity() for s in settings], "model": model_identity(ctx.cfg.model),
         "task": plain(ctx.cfg.task), "split": b.split, "num_prompts": b.num_prompts, "warmup": b.warmup,
@@ -164,9 +166,10 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
     ctx = ctx or StageContext(cfg)
     settings, b = settings_of(ctx), cfg.benchmark
     trained = train_filter.ensure(ctx, upstream=True) if trains_filter(settings) else None
-    if trained is not None:
-        settings = [s.replace(filter_path=str(trained.path / "filter")) if s.policy == "filter" and not s.filter_path
-                    else s for s in settings]
+    tuned = train_policy.ensure(ctx, upstream=True) if trains_policy(settings) else None
+    saved = {"filter": trained and trained.path / "filter", "rl_filter": tuned and tuned.path / "policy"}
+    settings = [s.replace(filter_path=str(saved[s.policy])) if s.learned and not s.filter_path else s
+                for s in settings]
     s = spec(ctx, settings)
 
     def compute(work: Path) -> dict[str, Any]:
@@ -197,7 +200,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
         (work / "benchmark.md").write_text(markdown(rows, b.batch_size, describe_device(ctx)))
         return {"settings": len(rows), "device": describe_device(ctx)}
 
-    inputs = {"filter": trained} if trained is not None else {}
+    inputs = {name: a for name, a in (("filter", trained), ("policy", tuned)) if a is not None}
     artifact = ctx.store.materialize(s, compute, force=ctx.forced("benchmark"), inputs=inputs)
     rows = json.loads((artifact.path / "benchmark.json").read_text())
     with tracking(cfg, "benchmark", artifact.key) as tracker:
