@@ -149,7 +149,7 @@ def test_help_lists_stages_experiments_and_policies():
     for word in ("all", "trajectories", "train_filter", "train_policy", "sweep", "aggregate", "evaluate", "pretrain",
                  "score_references", "experiment: dream_gsm8k_256, frontier_arith, frontier_arith_256",
                  "decode: credit, egp, entropy_bounded, factor, filter, klass, local_leap, prophet, rl_filter,",
-                 "frontier_arith_full, frontier_chain, frontier_chain_256, frontier_chain_32, frontier_chain_full",
+                 "frontier_arith_full, frontier_chain, frontier_chain_16, frontier_chain_256, frontier_chain_32",
                  "model: dream_7b_instruct, dream_random, llada_1_5_8b, llada_8b_instruct, llada_random",
                  "task: arith, chain, gsm8k, humaneval, jsonl, lm_eval, lm_eval_gsm8k, math, mbpp",
                  "train_filter: default, paper", "train_policy: default"):
