@@ -35,8 +35,11 @@ def test_every_experiment_composes_and_validates(compose_cfg, experiment, standi
     local = [] if family == "embedded" else [f"model.path={standin_models[family]}"]  # weights are never here
     cfg = compose_cfg([f"+experiment={experiment}", *local])
     assert cfg.experiment_name == experiment
-    assert validate(cfg) == ["trajectories", "train_filter", "sweep", "aggregate"]
+    reinforced = ["train_policy"] if any(s.policy == "rl_filter" for s in expand_grid(cfg)) else []
+    assert validate(cfg) == ["trajectories", "train_filter", *reinforced, "sweep", "aggregate"]
     assert expand_grid(cfg), "an experiment sweeps at least one setting"
+    if experiment.startswith("frontier_"):
+        assert reinforced, "every frontier experiment compares the reinforced policy"
 
 
 def test_the_grid_expands_lists_as_a_product(compose_cfg):
