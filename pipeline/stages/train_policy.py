@@ -103,7 +103,8 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
     trainer = L.Trainer(
         max_epochs=-1, max_steps=tp.updates,  # a resumed run may restart the loader: updates count, not epochs
         accelerator="gpu" if ctx.device.type == "cuda" else "cpu", devices=1,
-        callbacks=callbacks, logger=loggers, enable_progress_bar=bar, val_check_interval=tp.val_every_n_updates,
+        callbacks=callbacks, logger=loggers, enable_progress_bar=bar,
+        val_check_interval=min(tp.val_every_n_updates, tp.updates),
         num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=work, enable_model_summary=False,
         plugins=plugins, limit_val_batches=1,
     )
