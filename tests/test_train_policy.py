@@ -169,3 +169,12 @@ def test_the_stage_trains_resumes_and_its_policy_decodes_in_the_sweep(tmp_path):
     train_policy.fit(ctx, warm, whole, Tracker())  # uninterrupted, in this process (same threads, same sums)
     assert torch.equal(*(torch.cat([t.flatten() for t in BlockFilter.load(folder).state_dict().values()])
                          for folder in (work / "policy", whole / "policy")))
+
+
+def test_a_longer_window_experiment_shares_the_policy_of_the_one_that_trained_it():
+    from pipeline.stages import train_policy
+    from pipeline.stages.common import StageContext
+
+    keys = {experiment: train_policy.spec(StageContext(compose_config([f"+experiment={experiment}"]))).key
+            for experiment in ("frontier_chain_full", "frontier_chain_full_256", "frontier_chain_16")}
+    assert keys["frontier_chain_full"] == keys["frontier_chain_full_256"] != keys["frontier_chain_16"]

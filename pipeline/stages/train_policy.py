@@ -36,11 +36,12 @@ SPEED_ONLY = ("val_every_n_updates", "checkpoint_every_n_updates")  # when to lo
 
 def rollout_settings(cfg: DictConfig) -> DecodeSettings:
     """The decode the policy is trained under: the window, block and steps its filter's trajectories were
-    recorded at (so experiments decoding longer windows share one policy), EoTP as ``train_policy.eotp`` says."""
-    t = cfg.trajectories
+    recorded at (so experiments decoding longer windows share one policy), EoTP as ``train_policy.eotp`` says,
+    in batches of one update's rollouts."""
+    t, tp = cfg.trajectories, cfg.train_policy
     return decode_settings(cfg).replace(policy="rl_filter", gen_length=t.gen_length, block_length=t.block_length,
-                                        steps=t.steps, eotp=bool(cfg.train_policy.eotp), threshold=None,
-                                        filter_path=None)
+                                        steps=t.steps, eotp=bool(tp.eotp), threshold=None, filter_path=None,
+                                        batch_size=tp.prompts_per_update * tp.group_size)
 
 
 def spec(ctx: StageContext) -> ArtifactSpec:
