@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -150,19 +150,21 @@ class Environment:
     group_size: int
     speed_weight: float
     schedule: PromptSchedule  # which training prompts each update draws
+    encoded: dict[str, list[list[int]]] = field(init=False)  # the prompts' tokens, encoded once
 
-    def prompts(self, examples: Sequence[Example]) -> list[list[int]]:
-        return [encode_prompt(self.loaded.tokenizer, ex, self.task.chat_template) for ex in examples]
+    def __post_init__(self) -> None:
+        self.encoded = {name: [encode_prompt(self.loaded.tokenizer, ex, self.task.chat_template) for ex in examples]
+                        for name, examples in (("train", self.train), ("val", self.val))}
 
     def rollouts(self, network: BlockFilter, indices: Sequence[int], seed: int) -> tuple[list[Decisions], dict]:
         """``group_size`` sampled decodes of each prompt, in one batch; their decisions and per-rollout figures."""
-        examples = [self.train[i] for i in indices for _ in range(self.group_size)]
+        drawn = [i for i in indices for _ in range(self.group_size)]
+        examples = [self.train[i] for i in drawn]
         generator = torch.Generator(device=self.loaded.device).manual_seed(seed)
         policy = SampledFilter(network, self.settings.steps_per_block, generator)
-        settings = self.settings.replace(batch_size=len(examples))
-        tokens, nfe = generate_batch(self.loaded.model, self.prompts(examples), policy, settings, self.loaded.mask_id,
-                                     self.loaded.eos_id, device=self.loaded.device, generator=generator,
-                                     end_ids=self.loaded.end_ids)
+        tokens, nfe = generate_batch(self.loaded.model, [self.encoded["train"][i] for i in drawn], policy,
+                                     self.settings, self.loaded.mask_id, self.loaded.eos_id,
+                                     device=self.loaded.device, generator=generator, end_ids=self.loaded.end_ids)
         scored = summarize(self.loaded, self.task, examples, DecodeOutput(tokens, nfe, 0.0, [0.0] * len(examples)))
         correct = torch.tensor([row["exact_match"] for row in scored["rows"]], dtype=torch.float32)
         return policy.decisions, {"correct": correct, "nfe": nfe.float(),
@@ -171,11 +173,12 @@ class Environment:
     def evaluate(self, network: BlockFilter, threshold: float) -> dict[str, float]:
         """The deterministic policy (probability against ``threshold``) on the held-out prompts."""
         policy = LearnedFilter(network, network.config.features, threshold, self.settings.steps_per_block)
-        out = run_decode(self.loaded, self.prompts(self.val), policy, self.settings)
-        metrics = summarize(self.loaded, self.task, self.val, out)["metrics"]
-        correct = torch.tensor([metrics["accuracy"]])
-        reward = rewards(correct, torch.tensor([metrics["nfe_mean"]]), self.settings.gen_length, self.speed_weight)
-        return {"accuracy": metrics["accuracy"], "nfe": metrics["nfe_mean"], "reward": float(reward)}
+        out = run_decode(self.loaded, self.encoded["val"], policy, self.settings)
+        scored = summarize(self.loaded, self.task, self.val, out)
+        correct = torch.tensor([row["exact_match"] for row in scored["rows"]], dtype=torch.float32)
+        reward = rewards(correct, out.nfe, self.settings.gen_length, self.speed_weight)  # each prompt's, averaged
+        metrics = scored["metrics"]
+        return {"accuracy": metrics["accuracy"], "nfe": metrics["nfe_mean"], "reward": float(reward.mean())}
 
 
 class PolicyGradientModule(L.LightningModule):
