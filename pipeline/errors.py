@@ -32,6 +32,10 @@ class InputError(UserError):
         super().__init__(f"{path}: {problem}; {fix}")
 
 
+class NonFiniteError(UserError):
+    """A computation produced NaN or inf where it must not: names where, and the settings to change."""
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()

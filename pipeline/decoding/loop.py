@@ -17,9 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.decoding.policies import Policy, StepView
-from pipeline.decoding.schedule import dream_count, dream_share, gumbel_argmax, vanilla_schedule
+from pipeline.decoding.schedule import dream_count, dream_share, gumbel_argmax, top_k_mask, vanilla_schedule
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, NonFiniteError
 
 
 @dataclass
@@ -150,8 +150,11 @@ def generate_batch(
             kl, unchanged = history.update(rows, logits, predicted) if history is not None else (None, None)
             view = StepView(logits, predicted, confidence, scores, masked, k, rows, block, start - prompt_len, step,
                             ends, kl, unchanged)
+            check_finite((scores, confidence), masked, raw.dtype, block, step)
             commit, tokens = policy.select(view)
             commit &= masked
+            if policy.adaptive:  # every step commits, so a block ends within its length whatever the rule says
+                commit, tokens = at_least_one(commit, tokens, view)
             refs = None if references is None else references[rows]
             if settings.eotp and settings.eotp_rule == "learn2pd":  # chosen before the commit, as published
                 official_end = _learn2pd_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, eos_id, mask_id,
@@ -172,6 +175,25 @@ def generate_batch(
                 _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id)
             step += 1
     return x[:, prompt_len:].cpu(), nfe
+
+
+def check_finite(values: tuple[torch.Tensor, ...], masked: torch.Tensor, dtype: torch.dtype, block: int,
+                 step: int) -> None:
+    """A NaN score or confidence would rank nothing and commit garbage: fail loudly, naming where it happened."""
+    if not all(bool((torch.isfinite(v) | ~masked).all()) for v in values):
+        raise NonFiniteError(f"the model's scores are not finite (NaN or inf) at block {block}, step {step} of the "
+                             f"decode, in {str(dtype).removeprefix('torch.')}: its weights or logits overflow; check "
+                             "the checkpoint, or decode in model.dtype=float32")
+
+
+def at_least_one(commit: torch.Tensor, tokens: torch.Tensor, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows where an adaptive rule committed nothing take the schedule's top-k (at least one) of their predicted
+    tokens. The published rules always commit one; this keeps any other from stalling a block forever."""
+    idle = ~commit.any(-1)
+    if not bool(idle.any()):
+        return commit, tokens
+    fallback = top_k_mask(view.scores, view.masked, view.k.clamp(min=1)) & idle[:, None]
+    return commit | fallback, torch.where(fallback, view.predicted, tokens)
 
 
 def ranking_scores(settings: DecodeSettings, raw: torch.Tensor, probs: torch.Tensor, predicted: torch.Tensor,

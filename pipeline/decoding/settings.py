@@ -8,6 +8,7 @@ before any heavy import.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,12 +136,17 @@ class DecodeSettings:
             raise ConfigError(f"{prefix}.gamma", self.gamma, "allowed: a number >= 0")
         if self.policy == "local_leap":
             check_probability(self.relaxed_threshold, f"{prefix}.relaxed_threshold")
+            if self.relaxed_threshold > self.threshold:
+                raise ConfigError(f"{prefix}.relaxed_threshold", self.relaxed_threshold,
+                                  f"above {prefix}.threshold ({self.threshold:g}), so nothing near an anchor is "
+                                  f"relaxed; allowed: a number in (0, {self.threshold:g}]")
             if self.radius < 0:
                 raise ConfigError(f"{prefix}.radius", self.radius, "allowed: an integer >= 0")
         if self.policy == "credit":
             for name in ("credit_alpha", "credit_gamma", "credit_beta"):
                 if not getattr(self, name) >= 0:
                     raise ConfigError(f"{prefix}.{name}", getattr(self, name), "allowed: a number >= 0")
+            self.check_credit_range(prefix)
         if self.policy == "klass" and not self.kl_bound > 0:
             raise ConfigError(f"{prefix}.kl_bound", self.kl_bound, "allowed: a number > 0")
         if self.policy == "factor":
@@ -149,6 +155,28 @@ class DecodeSettings:
             if self.factor_rule not in FACTOR_RULES:
                 raise ConfigError(f"{prefix}.factor_rule", self.factor_rule, f"allowed: {', '.join(FACTOR_RULES)}")
         return self
+
+    def check_credit_range(self, prefix: str) -> None:
+        """CreditDecoding keeps its credit and fused logits in float32: the largest credit a block can gather (one
+        increment of at most 1 per step, decayed by ``credit_beta``, over at most ``block_length`` steps of an
+        adaptive policy) and ``credit_alpha * log(1 + credit)`` must stay far inside float32, or the fused
+        confidence turns NaN and nothing can be committed."""
+        try:
+            credit = sum(self.credit_beta**i for i in range(self.block_length))
+        except OverflowError:
+            credit = math.inf
+        if credit > FLOAT32_MAX:
+            raise ConfigError(f"{prefix}.credit_beta", self.credit_beta,
+                              f"the credit it keeps over a block of {self.block_length} steps overflows float32; "
+                              f"allowed: a number >= 0 whose powers up to {self.block_length - 1} sum below "
+                              f"{FLOAT32_MAX:.3g} (the published value is 0.8)")
+        if self.credit_alpha * math.log1p(credit) > FLOAT32_MAX / 4:
+            raise ConfigError(f"{prefix}.credit_alpha", self.credit_alpha,
+                              f"alpha * log(1 + credit) overflows float32; allowed: a number from 0 to "
+                              f"{FLOAT32_MAX / 4 / math.log1p(credit):.3g} (the published value is 0.7)")
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # where the loop's float32 scores overflow
 
 
 def check_probability(value: float | None, setting: str) -> float:

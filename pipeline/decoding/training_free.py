@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pipeline.decoding.policies import Policy, StepView
 from pipeline.decoding.schedule import top_k_mask
 from pipeline.decoding.settings import check_probability
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, NonFiniteError
 
 
 class LocalLeap(Policy):
@@ -76,6 +76,10 @@ class CreditDecoding(Policy):
         fused = logits + self.alpha * torch.log1p(credit)
         fused_probs = torch.softmax(fused, dim=-1)
         confidence, chosen = fused_probs.max(dim=-1)
+        if not bool((torch.isfinite(confidence) | ~view.masked).all()):
+            raise NonFiniteError(f"decode=credit: the fused confidence is not finite at block {view.block}, step "
+                                 f"{view.step} (credit_alpha={self.alpha:g}, credit_beta={self.beta:g}); lower "
+                                 "decode.credit_alpha or decode.credit_beta")
         ranked = torch.where(view.masked, confidence, torch.full_like(confidence, -1.0))
         bar = torch.minimum(torch.full_like(ranked[:, 0], self.threshold), ranked.max(-1).values - 1e-5)
         return view.masked & (ranked >= bar[:, None]), chosen

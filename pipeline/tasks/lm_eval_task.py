@@ -10,12 +10,15 @@ all kept per sample and averaged. The sweep's accuracy is the task's first metri
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.tasks.base import Example, Score, Task, check_split
+from pipeline.errors import ConfigError, InputError, first_line
+from pipeline.tasks.base import SPLITS, Example, Score, Task, check_split
+from pipeline.tasks.hub import json_lines
 
 
 def load_with_overrides(manager: Any, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -26,6 +29,23 @@ def load_with_overrides(manager: Any, name: str, overrides: dict[str, Any]) -> d
         raise ConfigError("task.lm_eval_task", name, "no such lm-eval task (lm_eval ls tasks lists them)")
     task = manager._factory.build(entry, overrides={"task": name, **overrides}, registry=manager._index)
     return {"tasks": {name: task}}
+
+
+DATA_FILES_FIX = "make it one JSON object per line, with the fields the task's YAML reads"
+
+
+def check_json_file(file: Path) -> None:
+    """A ``.jsonl`` (or line-delimited ``.json``) file whose every line parses, or one line naming the bad line."""
+    if file.suffix not in (".json", ".jsonl"):
+        return
+    if file.suffix == ".json":
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+            return  # one JSON document, not lines
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+    for _ in json_lines(file, DATA_FILES_FIX):
+        pass
 
 
 class LmEvalTask(Task):
@@ -48,16 +68,26 @@ class LmEvalTask(Task):
     def load(self) -> Any:
         if self._task is not None:
             return self._task
+        from datasets.exceptions import DatasetGenerationError
         from lm_eval.tasks import TaskManager
 
         from pipeline.lm_eval import missing_dataset
         from pipeline.tasks.hub import offline
 
+        manager = None
         try:
             with nullcontext() if self.allow_download else offline():
                 manager = TaskManager(include_path=self.include_path)
                 loaded = load_with_overrides(manager, self.lm_eval_task, self.overrides()) if self.overrides() \
                     else manager.load(self.lm_eval_task)
+        except DatasetGenerationError as error:  # names neither the file nor the line: find them
+            files = self.dataset_files(manager)
+            for file in files:
+                check_json_file(file)
+            root = error.__cause__ or error.__context__ or error
+            raise ConfigError("task.lm_eval_task", self.lm_eval_task,
+                              f"lm-eval could not read its dataset {[str(f) for f in files] or ''} "
+                              f"({first_line(root)})") from error
         except (OSError, ValueError, RuntimeError, KeyError) as error:
             user = missing_dataset(error)
             if user is not None:
@@ -76,6 +106,19 @@ class LmEvalTask(Task):
             task.set_config(key="num_fewshot", value=self.num_fewshot)
         self._task = task
         return task
+
+    def dataset_files(self, manager: Any) -> list[Path]:
+        """The local files the task's dataset is built from: ``task.data_files``, else its YAML's
+        ``dataset_kwargs.data_files``."""
+        data_files: Any = self.data_files
+        if not data_files and manager is not None and manager._entry(self.lm_eval_task) is not None:
+            config = manager._factory._load_full_config(manager._entry(self.lm_eval_task), self.overrides())
+            data_files = (config.get("dataset_kwargs") or {}).get("data_files")
+        if isinstance(data_files, dict):
+            data_files = list(data_files.values())
+        names = [data_files] if isinstance(data_files, str) else list(data_files or [])
+        flat = [name for item in names for name in ([item] if isinstance(item, str) else item)]
+        return [Path(name) for name in flat if Path(name).is_file()]
 
     def overrides(self) -> dict[str, Any]:
         """Where the task's data comes from instead of its hub dataset: a local copy, or JSON-lines files."""
@@ -150,6 +193,17 @@ class LmEvalTask(Task):
     def check(self) -> None:
         if not self.lm_eval_task:
             raise ConfigError("task.lm_eval_task", self.lm_eval_task, "allowed: an lm-eval task name")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ConfigError("task.num_fewshot", self.num_fewshot,
+                              "allowed: an integer >= 0, or null (the task's own number of examples)")
+        if not 0 <= self.fewshot_seed <= 2**32 - 1:
+            raise ConfigError("task.fewshot_seed", self.fewshot_seed, f"allowed: an integer from 0 to {2**32 - 1}")
+        for split, name in (self.data_files or {}).items():
+            if split not in SPLITS:
+                raise ConfigError(f"task.data_files.{split}", name, f"allowed: splits {', '.join(SPLITS)}")
+            if not Path(name).is_file():
+                raise InputError(name, "no such file", DATA_FILES_FIX)
+            check_json_file(Path(name))
         if self.include_path is not None and not os.path.isdir(self.include_path):
             raise InputError(self.include_path, "no such folder of lm-eval task YAML files",
                              "point task.include_path at the folder holding your task's YAML")
