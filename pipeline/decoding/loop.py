@@ -150,7 +150,7 @@ def generate_batch(
             kl, unchanged = history.update(rows, logits, predicted) if history is not None else (None, None)
             view = StepView(logits, predicted, confidence, scores, masked, k, rows, block, start - prompt_len, step,
                             ends, kl, unchanged)
-            check_finite((scores, confidence), masked, raw.dtype, block, step)
+            check_finite(scores + confidence, masked, raw.dtype, block, step)  # finite iff both are
             commit, tokens = policy.select(view)
             commit &= masked
             if policy.adaptive:  # every step commits, so a block ends within its length whatever the rule says
@@ -177,10 +177,9 @@ def generate_batch(
     return x[:, prompt_len:].cpu(), nfe
 
 
-def check_finite(values: tuple[torch.Tensor, ...], masked: torch.Tensor, dtype: torch.dtype, block: int,
-                 step: int) -> None:
+def check_finite(values: torch.Tensor, masked: torch.Tensor, dtype: torch.dtype, block: int, step: int) -> None:
     """A NaN score or confidence would rank nothing and commit garbage: fail loudly, naming where it happened."""
-    if not all(bool((torch.isfinite(v) | ~masked).all()) for v in values):
+    if not bool((torch.isfinite(values) | ~masked).all()):
         raise NonFiniteError(f"the model's scores are not finite (NaN or inf) at block {block}, step {step} of the "
                              f"decode, in {str(dtype).removeprefix('torch.')}: its weights or logits overflow; check "
                              "the checkpoint, or decode in model.dtype=float32")
@@ -189,9 +188,7 @@ def check_finite(values: tuple[torch.Tensor, ...], masked: torch.Tensor, dtype: 
 def at_least_one(commit: torch.Tensor, tokens: torch.Tensor, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows where an adaptive rule committed nothing take the schedule's top-k (at least one) of their predicted
     tokens. The published rules always commit one; this keeps any other from stalling a block forever."""
-    idle = ~commit.any(-1)
-    if not bool(idle.any()):
-        return commit, tokens
+    idle = ~commit.any(-1)  # no host sync: the fallback is computed for every row and kept where idle
     fallback = top_k_mask(view.scores, view.masked, view.k.clamp(min=1)) & idle[:, None]
     return commit | fallback, torch.where(fallback, view.predicted, tokens)
 
