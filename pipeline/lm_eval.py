@@ -1,6 +1,13 @@
 """``python -m pipeline.lm_eval ARGS``: lm-evaluation-harness's own command line (``lm_eval ARGS``, every option
 as it documents them) with the project's ``learn2pd`` model registered, offline unless ``--allow_download``.
 
+Before lm-eval loads anything, :func:`preflight` checks the command as the project checks its own, torch-free,
+in a few seconds at most: lm-eval's arguments as lm-eval's own parser reads them (``--limit``, ``--seed``,
+``--include_path``, ``--output_path``, ...), the task names resolved against the task files (read as text:
+lm-eval's own index takes several seconds) and, for ``--model learn2pd``, the model arguments composed into the
+project's config and validated. A refusal is one line, ``error: <setting or file>: <what is allowed>``, exit
+status 2; Ctrl-C one ``interrupted:`` line saying what was written, exit status 130.
+
 After lm-eval's results, the speed of each task's decodes is printed (mean NFE, generated tokens per second) and,
 with ``--output_path``, written beside lm-eval's results file as ``learn2pd_speed.json``. Hub datasets are read from
 the local hub cache (or a task's local ``dataset_path``); a missing one is one line naming it and the command that
@@ -9,16 +16,494 @@ fetches it.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
+import difflib
+import fnmatch
+import glob
+import io
 import json
+import logging
+import math
+import os
+import re
 import sys
+import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
-from pipeline.errors import InputError
+from pipeline.decoding.settings import DecodeSettings
+from pipeline.errors import EXIT_INTERRUPTED, ConfigError, InputError, UserError, first_line
 
 ALLOW_DOWNLOAD = "--allow_download"
+DECODE_FIELDS = tuple(f.name for f in dataclasses.fields(DecodeSettings) if f.name != "policy")
+MODEL_ARGS = ("model", "model_path", "dtype", "decode", "device", "seed", "mc_num", "mc_batch_size", "check_greedy",
+              "batch_size", "max_batch_size")
+LM_EVAL_DEFAULT_DEVICE = "cuda:0"  # what lm-eval passes when --device is not given
+GIVEN_AS = {"model.path": "model_path", "model.dtype": "dtype", "device": "device", "seed": "seed"}
+LIST_TASKS = "`python -m pipeline.lm_eval ls tasks` lists them"
+TASK_FILE_FIX = "fix the file (lm-eval skips a task file it cannot read)"
+# A task file's names, read as text: ``task:``/``group:``/``tag:`` (keys quoted or not) with one value, a flow list
+# or a block list; ``include:`` the same. Used on lm-eval's built-in task files only (see scan_builtin).
+TASK_KEYS = re.compile(r"""^[ \t]*(?:-[ \t]+)?["']?(?:task|group|tag)["']?[ \t]*:[ \t]*([^\n#]*)"""
+                       r"""((?:\n[ \t]*-[ \t]+[^\n]*)*)""", re.M)
+INCLUDE_KEY = re.compile(r"""^["']?include["']?[ \t]*:[ \t]*([^\n#]*)((?:\n[ \t]*-[ \t]+[^\n]*)*)""", re.M)
+OTHER_KEY = re.compile(r"""^[ \t]*(?:-[ \t]+)?["']?([\w.-]+)["']?[ \t]*:(?:[ \t]|$)""")  # a line ``key: ...``
+IGNORED_FOLDERS = {"__pycache__", ".ipynb_checkpoints"}  # as lm-eval's task index skips them
+WILDCARD = re.compile(r"(\*|\?|\[!?\]?[^\]]*\])")  # fnmatch's, as lm-eval matches --tasks against its names
 
 
+# --- the learn2pd model's arguments -----------------------------------------------------------------------------
+def whole(value: Any) -> int | None:
+    """An integer given as one (lm-eval reads ``-1`` as a float), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if isinstance(value, int) or value.is_integer() else None
+
+
+def decode_batch(value: Any, setting: str) -> int | None:
+    """lm-eval's batch size as the decode batch; ``auto`` / ``auto:N`` (lm-eval's own tuning) keep the preset's."""
+    if value is None or re.fullmatch(r"auto(:\d+)?", str(value)):
+        return None
+    number = int(value) if isinstance(value, str) and value.isdigit() else whole(value)
+    if number is None or number < 1:
+        raise ConfigError(setting, value, "allowed: an integer >= 1, auto or auto:N")
+    return number
+
+
+def check_model_args(model_args: dict[str, Any]) -> None:
+    """The model arguments' names and types, before anything is composed (lm-eval has turned ``true`` and numbers
+    into Python values)."""
+    from pipeline.validation import DEVICE, SEED_RANGE
+
+    unknown = sorted(set(model_args) - set(MODEL_ARGS) - set(DECODE_FIELDS))
+    if unknown:
+        raise ConfigError(f"--model_args {unknown[0]}", model_args[unknown[0]],
+                          f"allowed: {', '.join(dict.fromkeys(MODEL_ARGS + DECODE_FIELDS))}")
+    for key, value in model_args.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--model_args {key}", value, "allowed: a finite number")
+    for key in ("mc_num", "mc_batch_size", "max_batch_size"):
+        value = model_args.get(key)
+        if value is not None and (whole(value) is None or whole(value) < 1):
+            raise ConfigError(f"--model_args {key}", value, "allowed: an integer >= 1")
+    mc_num, mc_batch_size = whole(model_args.get("mc_num", 128)), whole(model_args.get("mc_batch_size", 32))
+    if mc_num % mc_batch_size:
+        raise ConfigError("--model_args mc_num", mc_num, f"allowed: a positive multiple of mc_batch_size "
+                                                         f"({mc_batch_size})")
+    seed = model_args.get("seed", 0)
+    if whole(seed) is None or not SEED_RANGE[0] <= whole(seed) <= SEED_RANGE[1]:
+        raise ConfigError("--model_args seed", seed, f"allowed: an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+    if not isinstance(model_args.get("check_greedy", False), bool):
+        raise ConfigError("--model_args check_greedy", model_args["check_greedy"], "allowed: true, false")
+    device = model_args.get("device")
+    if device is not None and not DEVICE.match(str(device)):
+        raise ConfigError("--model_args device", device, "allowed: auto, cpu, cuda, cuda:N")
+    decode_batch(model_args.get("batch_size"), "--model_args batch_size")
+
+
+def hydra_value(value: Any) -> str:
+    """A model argument as a Hydra override value; a string Hydra would parse as more than a string is quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str) and not re.fullmatch(r"[\w./:+-]+", value):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value)
+
+
+def as_given(error: ConfigError, model_args: dict[str, Any]) -> ConfigError:
+    """A project setting's error named as the user gave it (``decode.temperature`` -> ``--model_args temperature``),
+    when they gave it; a preset's own value keeps the project's name."""
+    key = GIVEN_AS.get(error.setting, error.setting.removeprefix("decode."))
+    return ConfigError(f"--model_args {key}", error.value, error.allowed) if key in model_args else error
+
+
+def compose_project(model_args: dict[str, Any]) -> Any:
+    """The project's config for these model arguments, composed from its Hydra configs and validated as the main
+    command line validates its own: every number finite, seeds in range, the decode setting, a learned policy's
+    saved filter, the model's files. Torch-free, so the command line checks it before lm-eval loads anything."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
+    from omegaconf import OmegaConf
+
+    from pipeline.config import CONF_DIR, register
+    from pipeline.plan import decode_settings, typed
+    from pipeline.validation import check_filter_path, check_model, check_numbers
+
+    check_model_args(model_args)
+    decode = {k: v for k, v in model_args.items() if k in DECODE_FIELDS and k != "batch_size"}
+    batch = decode_batch(model_args.get("batch_size"), "--model_args batch_size")
+    if batch is not None:
+        decode["batch_size"] = batch
+    try:
+        typed(OmegaConf.structured(DecodeSettings), decode, "decode")
+    except ConfigError as error:
+        raise as_given(error, model_args) from error
+    overrides = [f"model={model_args.get('model', 'tiny')}", f"decode={model_args.get('decode', 'vanilla')}",
+                 f"seed={hydra_value(model_args.get('seed', 0))}", "logger=none"]
+    for key, setting in (("model_path", "model.path"), ("dtype", "model.dtype"), ("device", "device")):
+        if model_args.get(key) is not None:
+            overrides.append(f"{setting}={hydra_value(model_args[key])}")
+    overrides += [f"decode.{k}={hydra_value(v)}" for k, v in decode.items()]
+    register()
+    if GlobalHydra.instance().is_initialized():  # called from inside another Hydra application
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="lm_eval"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except MissingConfigException as error:  # model= or decode= names no preset
+        group, _, name = (error.missing_cfg_file or "").rpartition("/")
+        if group not in model_args:
+            raise
+        presets = ", ".join(sorted(o for o in error.options or [] if o != "schema"))
+        raise ConfigError(f"--model_args {group}", name, f"no such preset; allowed: {presets}") from error
+    try:
+        check_numbers(cfg)
+        settings = decode_settings(cfg).validate()
+        if settings.learned and not settings.filter_path:
+            raise ConfigError("--model_args filter_path", None, f"the {settings.policy} policy needs a saved filter "
+                                                                "here; allowed: the filter/ folder of a train_filter "
+                                                                "artifact")
+        check_filter_path(settings.filter_path, "decode.filter_path")
+        check_model(cfg)
+    except ConfigError as error:
+        raise as_given(error, model_args) from error
+    return cfg
+
+
+# --- lm-eval's own arguments --------------------------------------------------------------------------------------
+def refuse_usage(message: str) -> None:
+    """argparse's refusal (usage block and all) as one line: ``argument --limit/-L: ...`` -> ``--limit: ...``."""
+    raise UserError(re.sub(r"^argument (\S+?)(/\S+)?: ", r"\1: ", message))
+
+
+def seed_type(parse: Any) -> Any:
+    """lm-eval's ``--seed`` parser, whose refusal argparse would name by its ``functools.partial`` repr."""
+    def seeds(value: str) -> list[int | None]:
+        try:
+            return parse(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{error}; allowed: an integer, or four comma-separated "
+                                             "(python,numpy,torch,fewshot; None leaves one unseeded)") from error
+
+    return seeds
+
+
+@contextlib.contextmanager
+def checking_quietly() -> Iterator[None]:
+    """lm-eval's warnings and printouts while its arguments are only checked (it repeats them when it runs)."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def parse_lm_eval(argv: list[str]) -> tuple[argparse.Namespace, Any] | None:
+    """lm-eval's arguments and the evaluation config it builds from them, through its own parser (cheap: no model,
+    task or dataset module is imported); None for its other commands (``ls``, ``validate``, ``--help``)."""
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    cli = HarnessCLI()
+    for parser in (cli._parser, *cli._subparsers.choices.values()):
+        parser.error = refuse_usage
+    for action in cli._subparsers.choices["run"]._actions:
+        if action.dest == "seed":
+            action.type = seed_type(action.type)
+    saved, sys.argv = sys.argv, ["lm_eval", *argv]
+    try:
+        args = cli.parse_args()
+    finally:
+        sys.argv = saved
+    if args.command != "run":
+        return None
+    with checking_quietly():
+        try:
+            return args, EvaluatorConfig.from_cli(args)
+        except (ValueError, TypeError, OSError) as error:  # its own cross-checks (--log_samples needs --output_path)
+            raise UserError(first_line(error)) from error
+
+
+def non_finite(value: Any, where: str) -> Iterator[tuple[str, float]]:
+    """Every NaN or infinity in a nested structure, with where it sits."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from non_finite(item, f"{where} {key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from non_finite(item, f"{where}[{index}]")
+
+
+def check_run(args: argparse.Namespace, config: Any) -> None:
+    """The options of ``lm_eval run`` that lm-eval would refuse late (after loading the model) or not at all."""
+    from pipeline.validation import SEED_RANGE, check_writable
+
+    limit = config.limit
+    if limit is not None and not (0 < limit < 1 or (whole(limit) or 0) >= 1):
+        raise ConfigError("--limit", f"{limit:g}", "allowed: a number of documents per task (an integer >= 1) or a "
+                                                   "fraction of them in (0, 1)")
+    for value in config.seed or []:
+        if value is not None and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+            raise ConfigError("--seed", value, f"allowed: integers from {SEED_RANGE[0]} to {SEED_RANGE[1]} (one, or "
+                                               "python,numpy,torch,fewshot)")
+    if config.num_fewshot is not None and config.num_fewshot < 0:
+        raise ConfigError("--num_fewshot", config.num_fewshot, "allowed: an integer >= 0")
+    decode_batch(config.batch_size, "--batch_size")
+    for where, value in non_finite(config.gen_kwargs, ""):
+        raise ConfigError(f"--gen_kwargs {where}", value, "allowed: a finite number")
+    for folder in include_paths(config):
+        if not Path(folder).is_dir():
+            raise InputError(folder, "no such folder", "point --include_path at a folder of lm-eval task YAML files")
+    if config.output_path:
+        path = Path(config.output_path)
+        check_writable(path.parent if path.suffix == ".json" else path, "--output_path")
+    if config.model == "learn2pd":
+        given = {"device": args.device, "batch_size": getattr(args, "batch_size", None)}
+        for key, value in given.items():
+            if value is not None and key in config.model_args and str(config.model_args[key]) != str(value):
+                raise ConfigError(f"--model_args {key}", config.model_args[key],
+                                  f"--{key} {value} says otherwise; allowed: one of the two, or both the same")
+        # as the model will be given them; lm-eval's default device (cuda:0) is auto there, CUDA where it exists
+        defaults = {"batch_size": config.batch_size, "max_batch_size": config.max_batch_size,
+                    "device": args.device or "auto"}
+        compose_project({**{k: v for k, v in defaults.items() if v is not None}, **config.model_args})
+
+
+def include_paths(config: Any) -> list[str]:
+    paths = config.include_path
+    return [] if not paths else [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+
+
+# --- tasks -------------------------------------------------------------------------------------------------------
+def yaml_loader(folder: Path) -> type:
+    """lm-eval's YAML loader for task files (``lm_eval/tasks/_yaml_loader.py``, which cannot be imported without its
+    task package, pandas and datasets: seconds), ``!function`` left a path as its index leaves it."""
+    import yaml
+
+    class Loader(yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: str(folder / loader.construct_scalar(node)))
+    return Loader
+
+
+def read_task_file(path: Path, including: frozenset[Path] = frozenset()) -> dict[str, Any]:
+    """A task file as lm-eval's index reads it: its ``include:`` files merged beneath its own keys. A broken one is
+    named (the file an error is in), a YAML error with its line."""
+    import yaml
+
+    path = path.expanduser().resolve()
+    if path in including:
+        raise InputError(path, "includes itself", TASK_FILE_FIX)
+    try:
+        with path.open("rb") as stream:
+            cfg = yaml.load(stream, Loader=yaml_loader(path.parent))  # noqa: S506  (a safe loader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise InputError(path, f"not valid YAML ({line}{error.problem or first_line(error)})", TASK_FILE_FIX) \
+            from error
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(path, f"cannot be read ({first_line(error)})", TASK_FILE_FIX) from error
+    if not isinstance(cfg, dict):
+        raise InputError(path, f"not a task file (a {type(cfg).__name__}, not a mapping)", TASK_FILE_FIX)
+    includes = cfg.pop("include", None)
+    merged: dict[str, Any] = {}
+    for included in [] if includes is None else includes if isinstance(includes, list) else [includes]:
+        base = read_task_file(path.parent / str(included), including | {path})  # an absolute path stays itself
+        base.pop("task_list", None)
+        merged.update(base)
+    return {**merged, **cfg}
+
+
+def names_of(cfg: dict[str, Any]) -> set[str]:
+    """The names lm-eval's index registers for one task file (``lm_eval/tasks/_index.py``): a task (``class:`` or
+    ``task:``) with its tags, or a group."""
+    if "class" in cfg or ("task" in cfg and "group" not in cfg):
+        tags = cfg.get("tag") or []
+        names = [cfg.get("task"), *([tags] if isinstance(tags, str) else tags)]
+    else:
+        names = [cfg.get("group")]
+    return {name for name in names if isinstance(name, str)}
+
+
+def task_files(root: Path, pattern: str = "**/*.yaml") -> list[Path]:
+    return sorted(p for p in root.glob(pattern) if not IGNORED_FOLDERS & set(p.parts))
+
+
+def index_folders(roots: list[str]) -> tuple[list[tuple[Path, dict[str, Any]]], list[tuple[Path, InputError]]]:
+    """The task files under ``--include_path`` as lm-eval's index reads them; the files it would skip."""
+    read, broken = [], []
+    for root in roots:
+        for path in task_files(Path(root)):
+            try:
+                read.append((path, read_task_file(path)))
+            except InputError as error:
+                broken.append((path, error))
+    return read, broken
+
+
+def check_data_files(path: Path, cfg: dict[str, Any]) -> None:
+    """A task's local data files (``dataset_kwargs.data_files``, as the ``json`` dataset reads them) exist: the
+    datasets library would say so only once the model has loaded."""
+    kwargs = cfg.get("dataset_kwargs")
+    files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
+    for value in files.values() if isinstance(files, dict) else [files]:
+        for name in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            if isinstance(name, str) and "://" not in name and not glob.glob(os.path.expanduser(name)):
+                raise InputError(name, "no such data file", f"fix dataset_kwargs.data_files in {path}")
+
+
+def listed(match: re.Match) -> list[str]:
+    """The values of a ``key: a``, ``key: [a, b]`` or ``key:`` + ``- a`` lines match of TASK_KEYS/INCLUDE_KEY."""
+    inline = match.group(1).strip().strip("[]").split(",")
+    block = [line.split("-", 1)[1].split("#")[0] for line in match.group(2).splitlines() if line.strip()]
+    return [v.strip().strip("'\"") for v in inline + block if v.strip().strip("'\"")]
+
+
+def as_regex(name: str) -> str:
+    """A task name or an fnmatch pattern as a regular expression that finds at least every name it matches (each
+    wildcard, ``*``, ``?`` or ``[seq]``, any run of characters or any one: only candidates are looked for)."""
+    return "".join((".*" if part == "*" else ".") if WILDCARD.fullmatch(part) else re.escape(part)
+                   for part in WILDCARD.split(name))
+
+
+def said_as_name(text: str, word: re.Pattern) -> bool:
+    """Whether ``word`` stands in the text where a name may: on a line of a task, group or tag key, or on a line
+    that is no ``key: value`` at all (a list item, a continued value), not as another key's value."""
+    for line in text.splitlines():
+        if word.search(line):
+            key = OTHER_KEY.match(line)
+            if key is None or key.group(1) in ("task", "group", "tag"):
+                return True
+    return False
+
+
+def scan_builtin(wanted: list[str]) -> tuple[set[str], dict[str, set[str]], dict[str, set[str]]]:
+    """lm-eval's built-in task files read as text, with the files they include (about a second; its index parses
+    them all as YAML, several): every name they may register (a superset of its index), the files that may name
+    each of ``wanted`` (:func:`said_as_name`; a name may be a glob pattern), and which files include each included
+    one. Paths as normalised strings: resolving each would double the time."""
+    import lm_eval
+
+    words = {name: re.compile(rf"(?<![\w.-]){as_regex(name)}(?![\w.-])") for name in wanted}
+    chunks = {name: max(WILDCARD.split(name)[::2], key=len) for name in wanted}  # a quick test before the regex
+    names: set[str] = set()
+    mentions: dict[str, set[str]] = {name: set() for name in wanted}
+    includers: dict[str, set[str]] = {}
+    seen: set[str] = set()
+    todo = [os.path.join(folder, name) for folder, subfolders, files in os.walk(Path(lm_eval.__file__).parent / "tasks")
+            if not IGNORED_FOLDERS & set(Path(folder).parts) for name in files if name.endswith(".yaml")]
+    while todo:
+        path = todo.pop()
+        if path in seen or not os.path.isfile(path):
+            continue
+        seen.add(path)
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            text = stream.read()
+        names.update(value for match in TASK_KEYS.finditer(text) for value in listed(match))
+        for name, word in words.items():
+            if chunks[name] in text and said_as_name(text, word):
+                mentions[name].add(path)
+        for match in INCLUDE_KEY.finditer(text):
+            for value in listed(match):
+                included = os.path.normpath(os.path.join(os.path.dirname(path), value))
+                includers.setdefault(included, set()).add(path)
+                todo.append(included)
+    return names, mentions, includers
+
+
+def registered_in(files: set[str], includers: dict[str, set[str]]) -> set[str]:
+    """The names lm-eval's index registers from these files and every task file including them (a name can only
+    come from a file that says it or includes one that does)."""
+    todo, closure = list(files), set()
+    while todo:
+        path = todo.pop()
+        if path not in closure:
+            closure.add(path)
+            todo += includers.get(path, ())
+    names: set[str] = set()
+    for path in sorted(p for p in closure if p.endswith(".yaml")):
+        with contextlib.suppress(UserError):  # lm-eval skips what it cannot read
+            names |= names_of(read_task_file(Path(path)))
+    return names
+
+
+def check_tasks(tasks: str | list[str] | None, roots: list[str]) -> None:
+    """Every ``--tasks`` entry is a task, group or tag lm-eval knows (built in or under ``--include_path``), an
+    existing task file, or a folder of them; as lm-eval splits and matches them (glob patterns included)."""
+    listed_tasks = tasks.split(",") if isinstance(tasks, str) else [t for task in tasks or [] for t in task.split(",")]
+    names = [name for name in listed_tasks if name]
+    if not names:
+        raise ConfigError("--tasks", None, f"allowed: lm-eval task names, task YAML files or a folder of them; "
+                                           f"{LIST_TASKS}")
+    if len(names) == 1 and Path(names[0]).is_dir():
+        files = task_files(Path(names[0]), "*.yaml")
+        if not files:
+            raise InputError(names[0], "holds no task YAML files", f"name tasks instead ({LIST_TASKS})")
+        for path in files:
+            check_data_files(path, read_task_file(path))
+        return
+    read, broken = index_folders(roots)
+    local = {name for _, cfg in read for name in names_of(cfg)}
+    for path, cfg in read:
+        if any(fnmatch.filter(names_of(cfg), name) for name in names):
+            check_data_files(path, cfg)
+    unknown = []
+    for name in names:
+        if name.endswith(".yaml"):
+            files = glob.glob(str(Path(name).absolute()))
+            if not files:
+                raise InputError(name, "no such task file", f"give an existing task YAML file or a task name "
+                                                            f"({LIST_TASKS})")
+            for path in files:
+                check_data_files(Path(path), read_task_file(Path(path)))
+        elif not fnmatch.filter(local, name):
+            unknown.append(name)
+    for name in unknown:  # lm-eval would skip the file and look for the name elsewhere
+        for path, error in broken:
+            if path.stem == name or name in path.read_text(errors="replace"):
+                raise error
+    if not unknown:
+        return
+    builtin, mentions, includers = scan_builtin(unknown)
+    unknown = [name for name in unknown if not fnmatch.filter(builtin, name)]
+    if unknown:  # to be sure, by lm-eval's own rules: the few files that may name them
+        found = registered_in(set().union(*(mentions[name] for name in unknown)), includers)
+        unknown = [name for name in unknown if not fnmatch.filter(found, name)]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(local | builtin), n=3)
+        hint = f"close matches: {', '.join(close)}" if close else "no close match"
+        where = "built in or under --include_path" if roots else "built in (add your own with --include_path)"
+        raise ConfigError("--tasks", unknown[0], f"no such lm-eval task {where}; {hint}; {LIST_TASKS}")
+
+
+def preflight(argv: list[str]) -> Any:
+    """Check an ``lm_eval run`` command before lm-eval loads anything: its arguments, the learn2pd model's, the
+    tasks. Returns lm-eval's evaluation config (None for its other commands)."""
+    parsed = parse_lm_eval(argv)
+    if parsed is None:
+        return None
+    args, config = parsed
+    with checking_quietly():
+        check_run(args, config)
+        check_tasks(config.tasks, include_paths(config))
+    return config
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
 def speed_table(speed: dict[str, dict[str, float]]) -> str:
     lines = ["| task | samples | NFE (mean) | generated tokens | tokens/s |", "|---|---|---|---|---|"]
     for task, s in sorted(speed.items()):
@@ -39,51 +524,105 @@ def missing_dataset(error: BaseException) -> InputError | None:
                       f"{ALLOW_DOWNLOAD}")
 
 
-def output_folder(argv: list[str]) -> Path | None:
-    for i, arg in enumerate(argv):
-        if arg in ("--output_path", "-o") and i + 1 < len(argv):
-            return Path(argv[i + 1])
-        if arg.startswith("--output_path="):
-            return Path(arg.split("=", 1)[1])
-    return None
+def new_results(output_path: str | None, since: float) -> list[Path]:
+    """lm-eval's results files written since ``since``, oldest first (a ``.json`` output path is a name stem; a
+    folder gets a folder named after the model)."""
+    if not output_path:
+        return []
+    path = Path(output_path)
+    folder, pattern = (path.parent, f"{path.stem}_*.json") if path.suffix == ".json" else (path, "**/results_*.json")
+    found = [p for p in folder.glob(pattern) if p.stat().st_mtime >= since] if folder.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from pipeline.cli import COMPOSING, errors_reported
+def interrupted_line(state: dict[str, Any]) -> str:
+    """What a Ctrl-C leaves: lm-eval writes its results only once every task is scored."""
+    written = new_results(state["output_path"], state["started"])
+    if not written:
+        return "lm-eval stopped; no results were written"
+    if state["evaluated"]:
+        return f"lm-eval's results are in {written[-1].parent}; learn2pd_speed.json was not written"
+    return f"lm-eval stopped while writing its results in {written[-1].parent}; they may lack samples"
+
+
+@contextlib.contextmanager
+def interruption_reported(state: dict[str, Any]) -> Iterator[None]:
+    """Ctrl-C: one line saying what was written, exit status 130 (``HYDRA_FULL_ERROR=1``: the stack instead)."""
+    from pipeline.cli import full_errors
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        if full_errors():
+            raise
+        print(f"\ninterrupted: {interrupted_line(state)} (rerun the same command)", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def write_speed(lm: Any, output_path: str, since: float) -> None:
+    """``learn2pd_speed.json`` beside lm-eval's newest results file; a NaN or infinity is refused, not written."""
+    payload = {"model": lm.name, "decode": lm.settings.identity(), "speed": lm.speed()}
+    for where, value in non_finite(payload, ""):
+        raise FloatingPointError(f"learn2pd_speed.json: {where} is {value}, not a finite number; it was not written")
+    written = new_results(output_path, since)
+    path = Path(output_path)
+    folder = written[-1].parent if written else path.parent if path.suffix == ".json" else path
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "learn2pd_speed.json"
+    partial = target.with_suffix(".json.partial")
+    try:
+        partial.write_text(json.dumps(payload, indent=2, allow_nan=False))
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def evaluate(argv: list[str], allow_download: bool, state: dict[str, Any]) -> None:
+    """lm-eval's own command line, then the learn2pd model's speed."""
+    from lm_eval.__main__ import cli_evaluate
+
+    import pipeline.lm_eval_model as harness  # registers the learn2pd model
     from pipeline.tasks.hub import offline
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    allow_download = ALLOW_DOWNLOAD in argv
-    argv = [a for a in argv if a != ALLOW_DOWNLOAD]
-    with errors_reported((*COMPOSING, FloatingPointError)):
-        from lm_eval.__main__ import cli_evaluate
-
-        import pipeline.lm_eval_model as harness  # registers the learn2pd model
-
-        sys.argv = ["lm_eval", *argv]
-        try:
-            with nullcontext() if allow_download else offline():
-                cli_evaluate()
-        except (OSError, ValueError, RuntimeError) as error:
-            user = missing_dataset(error)
-            if user is None:
-                raise
-            raise user from error
+    sys.argv = ["lm_eval", *argv]
+    with nullcontext() if allow_download else offline():
+        cli_evaluate()
+    state["evaluated"] = True
     lm = harness.Learn2PDLM.last
     if lm is None or not lm.speed():
         return
     print("\nlearn2pd decoding speed (generated tokens only):")
     print(speed_table(lm.speed()))
-    folder = output_folder(argv)
-    if folder is not None:  # beside lm-eval's newest results file (it writes into a folder named after the model)
-        results = sorted(folder.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)
-        folder = results[-1].parent if results else folder
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / "learn2pd_speed.json"
-        partial = target.with_suffix(".json.partial")
-        partial.write_text(json.dumps({"model": lm.name, "decode": lm.settings.identity(), "speed": lm.speed()},
-                                      indent=2))
-        partial.replace(target)
+    if state["output_path"]:
+        write_speed(lm, state["output_path"], state["started"])
+
+
+def lm_eval_refusal(error: BaseException) -> UserError | None:
+    """What lm-eval raises that is the user's to fix, as one line."""
+    if isinstance(error, FloatingPointError):  # a likelihood that overflowed, a speed that is not a number
+        return UserError(first_line(error))
+    if str(error).startswith("Tasks not found: "):  # named by a task file the preflight read as text only
+        return ConfigError("--tasks", str(error).split(": ", 1)[1], f"no such lm-eval task; {LIST_TASKS}")
+    return missing_dataset(error)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipeline.cli import COMPOSING, errors_reported
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    allow_download = ALLOW_DOWNLOAD in argv
+    argv = [a for a in argv if a != ALLOW_DOWNLOAD]
+    state = {"output_path": None, "started": time.time(), "evaluated": False}
+    with errors_reported(COMPOSING), interruption_reported(state):
+        config = preflight(argv)
+        state["output_path"] = config.output_path if config is not None else None
+        try:
+            evaluate(argv, allow_download, state)
+        except (FloatingPointError, OSError, ValueError, RuntimeError) as error:
+            user = lm_eval_refusal(error)
+            if user is None:
+                raise
+            raise user from error
 
 
 if __name__ == "__main__":

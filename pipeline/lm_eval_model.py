@@ -2,7 +2,9 @@
 
 ``lm_eval --model learn2pd --model_args model=tiny,decode=threshold,threshold=0.9,eotp=true,gen_length=64,...``
 (through ``python -m pipeline.lm_eval``, which registers the class first) evaluates any lm-eval task with the
-project's loaded model and its one decoding loop. What the model does follows LLaDA's own harness model
+project's loaded model and its one decoding loop. The model arguments are checked as the project's command line
+checks its settings (:func:`pipeline.lm_eval.compose_project`); ``device`` and ``batch_size`` among them take the
+place of lm-eval's ``--device`` and ``--batch_size``. What the model does follows LLaDA's own harness model
 (``eval_llada.py``, ``llada_dist``) so its numbers compare with the published ones:
 
 - ``generate_until``: the context is tokenized as the pipeline tokenizes a prompt (beginning-of-text first when
@@ -24,9 +26,9 @@ end-of-text padding) and times its decodes; :meth:`Learn2PDLM.speed` reports mea
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from typing import Any
@@ -42,64 +44,11 @@ from pipeline.decoding.policies import Vanilla, build_policy
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import ConfigError
 from pipeline.evaluation import reference_outputs, run_decode
+from pipeline.lm_eval import LM_EVAL_DEFAULT_DEVICE, compose_project
 from pipeline.modeling import LoadedModel
 from pipeline.tasks.base import Example
 
 log = logging.getLogger(__name__)
-DECODE_FIELDS = tuple(f.name for f in dataclasses.fields(DecodeSettings) if f.name != "policy")
-MODEL_ARGS = ("model", "model_path", "dtype", "decode", "device", "seed", "mc_num", "mc_batch_size", "check_greedy",
-              "batch_size", "max_batch_size")
-LM_EVAL_DEFAULT_DEVICE = "cuda:0"  # what lm-eval passes when --device is not given
-
-
-def hydra_value(value: Any) -> str:
-    """A model argument as a Hydra override value (lm-eval has already turned "true" and numbers into Python)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
-def compose_project(model_args: dict[str, Any]) -> Any:
-    """The project's config for these model arguments, composed from its Hydra configs and validated."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from pipeline.config import CONF_DIR, register
-    from pipeline.plan import decode_settings
-    from pipeline.validation import check_model
-
-    unknown = sorted(set(model_args) - set(MODEL_ARGS) - set(DECODE_FIELDS))
-    if unknown:
-        raise ConfigError(f"--model_args {unknown[0]}", model_args[unknown[0]],
-                          f"allowed: {', '.join(dict.fromkeys(MODEL_ARGS + DECODE_FIELDS))}")
-    overrides = [f"model={model_args.get('model', 'tiny')}", f"decode={model_args.get('decode', 'vanilla')}",
-                 f"seed={hydra_value(model_args.get('seed', 0))}", "logger=none"]
-    if model_args.get("model_path") is not None:
-        overrides.append(f"model.path={model_args['model_path']}")
-    if model_args.get("dtype") is not None:
-        overrides.append(f"model.dtype={model_args['dtype']}")
-    device = model_args.get("device")
-    if device == LM_EVAL_DEFAULT_DEVICE and not torch.cuda.is_available():  # lm-eval's default, not the user's
-        device = "auto"
-    if device is not None:
-        overrides.append(f"device={device}")
-    batch = model_args.get("batch_size")
-    if batch not in (None, "auto") and not str(batch).startswith("auto"):
-        overrides.append(f"decode.batch_size={hydra_value(batch)}")
-    overrides += [f"decode.{k}={hydra_value(v)}" for k, v in model_args.items() if k in DECODE_FIELDS]
-    register()
-    if GlobalHydra.instance().is_initialized():  # called from inside another Hydra application
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="lm_eval"):
-        cfg = compose(config_name="config", overrides=overrides)
-    settings = decode_settings(cfg).validate()
-    if settings.policy == "filter" and not settings.filter_path:
-        raise ConfigError("--model_args filter_path", None, "the filter policy needs a saved filter here; allowed: "
-                                                             "the filter/ folder of a train_filter artifact")
-    check_model(cfg)
-    return cfg
 
 
 @register_model("learn2pd")
@@ -114,11 +63,26 @@ class Learn2PDLM(LM):
         from pipeline.modeling import load_model
         from pipeline.plan import decode_settings
 
+        if model_args.get("device") == LM_EVAL_DEFAULT_DEVICE and not torch.cuda.is_available():
+            model_args["device"] = "auto"  # lm-eval's default, not the user's
         cfg = compose_project(model_args)
         loaded = load_model(cfg.model, resolve_device(cfg.device))
         self.setup(loaded, decode_settings(cfg), str(cfg.model.name), int(model_args.get("mc_num", 128)),
                    int(model_args.get("mc_batch_size", 32)), bool(model_args.get("check_greedy", False)),
                    int(cfg.seed))
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None) -> LM:
+        """lm-eval passes its own ``device`` and ``batch_size`` (with its defaults when not given) beside the model
+        arguments; the same keys in ``--model_args``, as documented, take their place instead of clashing."""
+        given = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**{**given, **arg_dict})
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None) -> LM:
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
     def wrap(cls, loaded: LoadedModel, settings: DecodeSettings, name: str, mc_num: int = 128,
@@ -248,8 +212,10 @@ class Learn2PDLM(LM):
             loss = F.cross_entropy(logits[masked], seq[masked], reduction="none") / share[masked]
             losses.append(float(loss.sum()) / b)
         value = -sum(losses) / len(losses)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise FloatingPointError(f"the likelihood estimate is not finite ({value})")
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loglikelihood: the Monte-Carlo estimate is {value}, not a finite number (the "
+                                     "model's logits overflow or are NaN); try --model_args dtype=float32, or check "
+                                     "the model's weights")
         return value
 
     def greedy_suffix(self, prefix: list[int], target: list[int]) -> bool:
