@@ -3,7 +3,9 @@ names, weights from one ``model.safetensors`` or from shards listed by ``model.s
 
 The model is built on the meta device and the checkpoint's tensors are assigned to it (converted to the run's
 dtype and device shard by shard), so a model is never held twice in memory. Every tensor name and shape is
-checked against the model first: a missing, extra or misshaped tensor is a ValueError naming it and its file.
+checked against the model first, from the files' headers (:mod:`pipeline.saved_files`, as the pre-flight validation
+checks them): a missing, extra or misshaped tensor, in the index or in a shard, is an InputError (and ValueError)
+naming it and its file.
 """
 
 from __future__ import annotations
@@ -16,53 +18,11 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-INDEX = "model.safetensors.index.json"
+from pipeline.saved_files import MODEL_FIX, checkpoint_tensors, compare_tensors
+
 # model_type in config.json -> (module, config class, model class) of the native implementation
 NATIVE = {"llada": ("models.llada", "LLaDAConfig", "LLaDAModel"),
           "Dream": ("models.dream", "DreamConfig", "DreamModel")}
-
-
-def weight_files(folder: Path) -> dict[str, Path]:
-    """Tensor name -> the file holding it, from the shard index or the safetensors files themselves."""
-    index = folder / INDEX
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index}: no weight_map")
-        missing = sorted({name for name in weight_map.values() if not (folder / name).is_file()})
-        if missing:
-            raise ValueError(f"{folder / missing[0]}: a shard the index lists is missing")
-        return {tensor: folder / name for tensor, name in weight_map.items()}
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{folder}: no model.safetensors and no {INDEX}")
-    located: dict[str, Path] = {}
-    for file in files:
-        with safe_open(file, framework="pt") as handle:
-            located.update(dict.fromkeys(handle.keys(), file))
-    return located
-
-
-def check_names_and_shapes(model: nn.Module, folder: Path, located: dict[str, Path]) -> None:
-    """The checkpoint holds exactly the model's tensors, each of the model's shape."""
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    missing = sorted(set(expected) - set(located))
-    if missing:
-        raise ValueError(f"{folder}: the checkpoint has no tensor {missing[0]!r} ({len(missing)} missing)")
-    extra = sorted(set(located) - set(expected))
-    if extra:
-        raise ValueError(f"{located[extra[0]]}: unexpected tensor {extra[0]!r} ({len(extra)} the model does not "
-                         "have)")
-    by_file: dict[Path, list[str]] = {}
-    for name, file in located.items():
-        by_file.setdefault(file, []).append(name)
-    for file, names in by_file.items():
-        with safe_open(file, framework="pt") as handle:
-            for name in names:
-                shape = tuple(handle.get_slice(name).get_shape())
-                if shape != expected[name]:
-                    raise ValueError(f"{file}: tensor {name!r} has shape {list(shape)}, the model's config "
-                                     f"gives {list(expected[name])}")
 
 
 def build_native(config: dict, where: str) -> nn.Module:
@@ -83,12 +43,13 @@ def load_native(folder: str | Path, dtype: torch.dtype, device: torch.device) ->
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     model = build_native(config, str(folder / "config.json"))
-    located = weight_files(folder)
-    check_names_and_shapes(model, folder, located)
+    located = checkpoint_tensors(folder)
+    compare_tensors({name: tuple(t.shape) for name, t in model.state_dict().items()}, located, "the model's config",
+                    MODEL_FIX, folder)
     state = {}
-    for file in sorted(set(located.values())):
+    for file in sorted({file for file, _ in located.values()}):
         with safe_open(file, framework="pt", device=str(device)) as handle:
-            for name in handle.keys():
+            for name in (name for name, (held_in, _) in located.items() if held_in == file):
                 state[name] = handle.get_tensor(name).to(dtype)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()

@@ -18,6 +18,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from models.diffusion_lm import BlockCache, RMSNorm, attend, rotary, rotate_half, slice_positions
+from pipeline.saved_files import FieldError, check_dream_config
 
 MODEL_TYPE = "Dream"  # config.json's "model_type" for the official checkpoints
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -47,20 +48,6 @@ class DreamConfig:
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"Dream config: hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"Dream config: num_attention_heads {self.num_attention_heads} is not a multiple of "
-                             f"num_key_value_heads {self.num_key_value_heads}")
-        if (self.hidden_size // self.num_attention_heads) % 2:
-            raise ValueError("Dream config: the head size must be even for rotary positions")
-        if self.hidden_act != "silu":
-            raise ValueError(f"Dream config: hidden_act {self.hidden_act!r} is not supported (only 'silu')")
-        if self.rope_scaling:  # only plain rotary positions are implemented; scaled variants would silently differ
-            rope_type = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
-            if rope_type != "default":
-                raise ValueError(f"Dream config: rope_scaling type {rope_type!r} is not supported")
 
     @property
     def head_dim(self) -> int:
@@ -68,13 +55,19 @@ class DreamConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DreamConfig:
-        """Builds the config from an official config.json; unknown fields (auto_map, torch_dtype ...) are ignored."""
+        """Builds the config from an official config.json; unknown fields (auto_map, torch_dtype ...) are ignored, a
+        field outside what the model can be built from (pipeline/saved_files.py's rules: sizes, heads, the plain
+        rotary positions and SiLU it computes, token ids) is a ValueError naming it."""
         model_type = d.get("model_type")
         if model_type != MODEL_TYPE:
             raise ValueError(f"unknown architecture: model_type {model_type!r} is not {MODEL_TYPE!r}")
         missing = [name for name in _REQUIRED if d.get(name) is None]
         if missing:
             raise ValueError(f"Dream config.json lacks required field(s): {', '.join(missing)}")
+        try:
+            check_dream_config(d)
+        except FieldError as error:
+            raise ValueError(f"Dream config: {error}") from error
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in names and v is not None}
         rope = d.get("rope_parameters")  # newer transformers write the rotary settings here as well

@@ -7,6 +7,9 @@ position's features projected to ``hidden_size``, ``num_layers`` pre-norm self-a
 (every position attends to every other: one early commit's effect on the rest is visible), one logit per
 position; where a position sits comes from the ``position`` feature (its index over the block's width), so one
 network serves blocks of any length.
+
+A description's fields and a saved filter's files are checked by :mod:`pipeline.saved_files`, the rules the
+pre-flight validation reads too, so a stage loading a saved filter refuses a bad one in the same one line.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-ARCHITECTURES = ("mlp", "transformer")
+from pipeline.saved_files import check_filter_fields, check_saved_filter, filter_width
 
 
 @dataclass(frozen=True)
@@ -33,17 +36,12 @@ class FilterConfig:
     num_heads: int = 4  # transformer: attention heads (dividing hidden_size)
 
     def __post_init__(self) -> None:
-        if self.num_layers < 1:
-            raise ValueError(f"filter.num_layers={self.num_layers}: allowed: an integer >= 1")
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"filter.architecture={self.architecture}: allowed: {', '.join(ARCHITECTURES)}")
-        if self.architecture == "transformer" and self.width % self.num_heads:
-            raise ValueError(f"filter.num_heads={self.num_heads}: allowed: a divisor of the hidden size {self.width}")
         object.__setattr__(self, "features", tuple(self.features))
+        check_filter_fields(asdict(self))  # a FieldError (ValueError) naming the field
 
     @property
     def width(self) -> int:
-        return self.hidden_size or (self.block_length if self.architecture == "mlp" else 32)
+        return filter_width(asdict(self))
 
     @property
     def any_block_length(self) -> bool:
@@ -93,9 +91,9 @@ class BlockFilter(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> BlockFilter:
+        """The filter saved in ``directory``; a file that is missing, damaged or disagrees with the other is an
+        InputError naming it and its field or tensor, before any tensor is read."""
         directory = Path(directory)
-        if not (directory / "filter.json").exists():
-            raise FileNotFoundError(f"no saved filter in {directory} (expected filter.json and filter.safetensors)")
-        network = cls(FilterConfig(**json.loads((directory / "filter.json").read_text())))
+        network = cls(FilterConfig(**check_saved_filter(directory)))
         network.load_state_dict(load_file(directory / "filter.safetensors"))
         return network.to(device).eval()

@@ -28,12 +28,10 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from models.diffusion_lm import BlockCache, RMSNorm, attend, rotary, rotate_half, slice_positions
+from pipeline.saved_files import LLADA_SUPPORTED as SUPPORTED
+from pipeline.saved_files import FieldError, check_llada_config
 
 MODEL_TYPE = "llada"
-# Settings of the official config whose other values this implementation does not compute: name -> allowed.
-SUPPORTED = {"block_type": ("llama",), "layer_norm_type": ("rms",), "activation_type": ("silu",),
-             "rope": (True,), "alibi": (False,), "include_bias": (False,), "attention_layer_norm": (False,),
-             "block_group_size": (1,), "input_emb_norm": (False,), "multi_query_attention": (None, False)}
 
 
 @dataclass(frozen=True)
@@ -60,8 +58,8 @@ class LLaDAConfig:
 
     @classmethod
     def from_dict(cls, config: dict) -> LLaDAConfig:
-        """The official config's fields; an unknown architecture or an unsupported setting is a ValueError
-        naming it."""
+        """The official config's fields; an unknown architecture, an unsupported setting or a field outside what
+        the model can be built from (pipeline/saved_files.py's rules) is a ValueError naming it."""
         if config.get("model_type") != MODEL_TYPE:
             raise ValueError(f"config.json: model_type={config.get('model_type')!r} is not a LLaDA model "
                              f"(expected {MODEL_TYPE!r})")
@@ -75,6 +73,10 @@ class LLaDAConfig:
         missing = [name for name in required if config.get(name) is None]
         if missing:
             raise ValueError(f"config.json: no {', '.join(missing)} (a LLaDA config names its sizes so)")
+        try:
+            check_llada_config(config)
+        except FieldError as error:
+            raise ValueError(f"config.json: {error}") from error
         return cls(**{k: v for k, v in config.items() if k in known and v is not None})
 
     @property

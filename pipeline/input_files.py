@@ -24,9 +24,9 @@ def read_json_object(file: Path, fix: str) -> dict[str, Any]:
 
 def check_safetensors(file: Path, fix: str) -> dict[str, Any]:
     """The tensor table of a ``.safetensors`` file, checked against the file: an 8-byte header length, a JSON
-    header, and tensors whose byte ranges fill the rest exactly (the format's own rules). A truncated, padded or
-    foreign file fails here in microseconds; a same-size change inside the tensor bytes cannot be seen without a
-    recorded digest (artifacts have one)."""
+    header, and tensors with a shape whose byte ranges fill the rest exactly (the format's own rules). A truncated,
+    padded or foreign file fails here in microseconds; a same-size change inside the tensor bytes cannot be seen
+    without a recorded digest (artifacts have one)."""
     try:
         with open(file, "rb") as handle:
             size = file.stat().st_size
@@ -46,4 +46,9 @@ def check_safetensors(file: Path, fix: str) -> dict[str, Any]:
     if end != size - 8 - header_size:
         raise InputError(file, f"damaged safetensors file (its tensors take {end} bytes, the file holds "
                                f"{size - 8 - header_size} after the header)", fix)
+    for name, entry in tensors.items():
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                  for n in shape):
+            raise InputError(file, f"not a safetensors file (tensor {name!r} has no shape)", fix)
     return tensors

@@ -14,8 +14,9 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.config import model_dtype
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, UserError
 from pipeline.model_files import locate
+from pipeline.saved_files import MODEL_FIX
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
     dtype = model_dtype(cfg.dtype, device)
     trust = bool(cfg.trust_remote_code)
     local_only = not cfg.allow_download
-    fix = ("re-download the weights, or for the embedded model rebuild them with `python -m pipeline stage=pretrain` "
-           "(or `git checkout models/checkpoints`)")
     native = cfg.family != "embedded" and cfg.implementation == "native"
     try:
         if native:
@@ -66,9 +65,11 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
         else:
             model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, local_files_only=local_only)
+    except UserError:  # a file the checks name already, with the field or tensor at fault
+        raise
     except (OSError, ValueError, RuntimeError, KeyError, ImportError, SafetensorError) as error:  # damaged files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(path, f"the model could not be loaded ({type(error).__name__}: {first})", fix) from error
+        raise InputError(path, f"the model could not be loaded ({type(error).__name__}: {first})", MODEL_FIX) from error
     model = model if native else adapt(model.to(device).eval(), cfg.family)
     mask_id = cfg.mask_token_id or getattr(model.config, "mask_token_id", None) or tokenizer.mask_token_id
     eos_id = cfg.eos_token_id or tokenizer.eos_token_id

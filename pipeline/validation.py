@@ -2,8 +2,11 @@
 
 Hydra has already checked types and unknown keys against :mod:`pipeline.schema`; this checks ranges, choices,
 cross-field rules and the inputs a run reads (the model's files, a saved filter, a writable output folder) for
-each stage the command runs (:func:`pipeline.plan.stages_to_run`). Every failure is a :class:`ConfigError`
-naming the setting, its value and what is allowed. Torch-free by design: a bad setting fails in about a second.
+each stage the command runs (:func:`pipeline.plan.stages_to_run`), so a setting a later stage needs is refused
+before the first stage writes anything. Every failure is a :class:`ConfigError` naming the setting, its value and
+what is allowed, or an :class:`InputError` naming a file and its field (the saved files' rules are
+:mod:`pipeline.saved_files`, which the loaders read too). Torch-free by design: a bad setting fails in about a
+second.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,15 +24,30 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.decoding.settings import DecodeSettings, check_probability
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError
 from pipeline.input_files import check_safetensors, read_json_object
 from pipeline.model_files import locate
 from pipeline.plan import STAGES, decode_settings, stages_to_run, sweep_settings
+from pipeline.saved_files import (
+    FEATURES,
+    FILTER_FIX,
+    MODEL_FIX,
+    PLACEHOLDER_CHARACTERS,
+    FieldError,
+    check_filter_fields,
+    check_native_config,
+    check_saved_filter,
+    checkpoint_tensors,
+    compare_tensors,
+    largest_size,
+    native_tensor_shapes,
+    parameter_count,
+    weights_problem,
+)
 from pipeline.tasks.base import SPLITS
+from pipeline.tasks.lm_eval_task import LmEvalTask
 from pipeline.tasks.registry import build_task
 
-FEATURES = ("confidence", "entropy", "margin", "position", "step", "committed", "kl", "stability", "is_end",
-            "distance_to_committed", "distance_to_end", "masked_run_before")  # pipeline/decoding/features.py
 DEVICE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FAMILIES = ("embedded", "llada", "dream")  # models/families.py
@@ -52,8 +71,8 @@ def validate(cfg: DictConfig, multirun: bool = False) -> list[str]:
     check_common(cfg)
     check_launcher(cfg, multirun)
     stages = stages_to_run(cfg, multirun)
-    if set(stages) & set(MODEL_STAGES):
-        check_model(cfg)
+    if set(stages) & set(MODEL_STAGES):  # a Slurm job or a multirun's launcher loads it elsewhere, checked there
+        check_model(cfg, here=not multirun and cfg.launcher.kind == "local")
     for stage in stages:
         CHECKS[stage](cfg, multirun)
     return stages
@@ -155,13 +174,16 @@ def check_writable(path: Path, setting: str) -> None:
                                          "folder") from error
 
 
-def check_model(cfg: DictConfig) -> None:
+def check_model(cfg: DictConfig, here: bool = True) -> None:
+    """The model's settings and files; ``here``: it is loaded on this machine, so its weights must fit the memory
+    of ``device`` here."""
     m = cfg.model
     one_of(m.family, "model.family", FAMILIES)
     one_of(m.dtype, "model.dtype", DTYPES)
     one_of(m.implementation, "model.implementation", IMPLEMENTATIONS)
+    device = str(cfg.device) if here else None
     if m.random_weights:
-        check_random_architecture(m)
+        check_random_architecture(m, device)
         return
     if m.family != "embedded" and m.implementation == "remote" and not m.trust_remote_code:
         raise ConfigError("model.trust_remote_code", False, f"model.implementation=remote runs the {m.family} "
@@ -169,15 +191,13 @@ def check_model(cfg: DictConfig) -> None:
     if m.path is None:
         raise ConfigError("model.path", None, "allowed: a local directory or a hub id (null only with "
                                               "model.random_weights=true)")
-    check_model_files(Path(locate(m.path, m.allow_download)))
+    check_model_files(Path(locate(m.path, m.allow_download)), m, device)
 
 
-RANDOM_ARCHITECTURES = ("llada", "Dream")  # model_type of the native classes (models/checkpoint.py NATIVE)
-
-
-def check_random_architecture(m: DictConfig) -> None:
-    """Random weights are built by the native classes from ``model.architecture``: a known ``model_type`` and
-    positive sizes (the classes themselves name any other field they refuse, at load)."""
+def check_random_architecture(m: DictConfig, device: str | None) -> None:
+    """Random weights are built by the native classes from ``model.architecture``, the fields of an official
+    ``config.json``: checked by the rules the classes read (pipeline/saved_files.py), with the token ids inside
+    the vocabulary and the weights within the device's memory, before anything is allocated."""
     if m.implementation != "native":
         raise ConfigError("model.implementation", m.implementation, "random weights are built by the native "
                                                                     "classes; allowed: native")
@@ -185,24 +205,56 @@ def check_random_architecture(m: DictConfig) -> None:
         if m[name] is None:
             raise ConfigError(f"model.{name}", None, "random weights come with no tokenizer to name it; allowed: "
                                                      "the architecture's token id")
-    architecture = m.architecture or {}
-    one_of(architecture.get("model_type"), "model.architecture.model_type", RANDOM_ARCHITECTURES)
-    for name, value in architecture.items():
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            raise ConfigError(f"model.architecture.{name}", value, "allowed: an integer >= 1")
+    architecture = OmegaConf.to_container(m.architecture, resolve=True) if m.architecture else {}
+    try:
+        check_native_config(architecture)
+    except FieldError as error:
+        raise error.in_setting("model.architecture") from error
+    vocab_size = architecture["vocab_size"]
+    check_token_settings(m, vocab_size, PLACEHOLDER_CHARACTERS, f"model.architecture.vocab_size={vocab_size}; the "
+                         f"placeholder tokenizer gives ids below {PLACEHOLDER_CHARACTERS} to printable characters")
+    field = largest_size(architecture)
+    check_weights_fit(architecture, m.dtype, device, f"model.architecture.{field}", architecture[field])
 
 
-MODEL_FIX = ("re-download the model, or for the embedded model rebuild it with `python -m pipeline stage=pretrain` "
-             "(or `git checkout models/checkpoints`)")
+def check_token_settings(m: DictConfig, vocab_size: int, lowest: int, vocabulary: str) -> None:
+    """The token ids the settings name lie inside the model's vocabulary (``vocabulary``: where its size is set)."""
+    for name in ("mask_token_id", "eos_token_id", "end_of_turn_ids"):
+        value = OmegaConf.to_container(m[name]) if OmegaConf.is_list(m[name]) else m[name]
+        ids = value if isinstance(value, list) else [value]
+        if any(i is not None and not lowest <= i < vocab_size for i in ids):
+            raise ConfigError(f"model.{name}", value, f"allowed: token ids from {lowest} to {vocab_size - 1} "
+                                                      f"({vocabulary})")
 
 
-def check_model_files(folder: Path) -> None:
-    """A local model's config parses and its weight files are whole (a hub id to be downloaded is not checked)."""
-    if not (folder / "config.json").is_file():
+def check_weights_fit(config: dict, dtype: str, device: str | None, setting: str, value: object) -> None:
+    """The weights ``config`` describes, counted from its sizes, within the memory of ``device`` (None: loaded
+    elsewhere, not checked here)."""
+    problem = None if device is None else weights_problem(parameter_count(config), dtype, device)
+    if problem:
+        raise ConfigError(setting, value, problem)
+
+
+def check_model_files(folder: Path, m: DictConfig, device: str | None) -> None:
+    """A local model's config parses and its weight files are whole (a hub id to be downloaded is not checked); a
+    model the native classes read has a config they can build, exactly the tensors it gives, token ids inside its
+    vocabulary and weights that fit the device."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
         return
-    read_json_object(folder / "config.json", MODEL_FIX)
-    for weights in sorted(folder.glob("*.safetensors")):
-        check_safetensors(weights, MODEL_FIX)
+    config = read_json_object(config_file, MODEL_FIX)
+    if m.family == "embedded" or m.implementation != "native":
+        for weights in sorted(folder.glob("*.safetensors")):
+            check_safetensors(weights, MODEL_FIX)
+        return
+    try:
+        check_native_config(config)
+    except FieldError as error:
+        raise error.in_file(config_file, MODEL_FIX) from error
+    compare_tensors(native_tensor_shapes(config), checkpoint_tensors(folder, MODEL_FIX), "the model's config",
+                    MODEL_FIX, folder)
+    check_token_settings(m, config["vocab_size"], 0, f"vocab_size={config['vocab_size']} in {config_file}")
+    check_weights_fit(config, m.dtype, device, "model.path", m.path)
 
 
 def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str, task_setting: str = "task") -> None:
@@ -210,6 +262,8 @@ def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str, ta
     one_of(split, split_setting, SPLITS)
     task = build_task(OmegaConf.select(cfg, task_setting), task_setting)
     task.check()
+    if isinstance(task, LmEvalTask):
+        check_lm_eval_split(task, split, split_setting)
     if task.sizes_are_cheap:
         available = task.split_size(split)
         if not 1 <= count <= available:
@@ -217,6 +271,43 @@ def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str, ta
                               f"allowed: 1 to {available} (the distinct prompts of the {split} split)")
     elif count < 1:  # the upper bound is checked when the data loads
         raise ConfigError(count_setting, count, "allowed: an integer >= 1")
+
+
+LM_EVAL_SPLITS = {"train": ("training_split",), "validation": ("validation_split",),
+                  "test": ("test_split", "validation_split")}  # lm-eval's has_*_docs; test: its eval_docs
+
+
+def check_lm_eval_split(task: LmEvalTask, split: str, split_setting: str) -> None:
+    """The lm-eval task declares ``split``: read from its YAML (lm-eval's task config), not its data, so a
+    missing split is named before any stage runs."""
+    config = lm_eval_task_config(task)
+    if config is None:  # defined in Python, or not found here: known when the task loads
+        return
+    declared = [name for name, keys in LM_EVAL_SPLITS.items() if any(config.get(key) for key in keys)]
+    if split not in declared:
+        raise ConfigError(split_setting, split, f"lm-eval's {task.lm_eval_task} has no {split} split; allowed: "
+                                                f"{', '.join(declared) or 'none (its YAML names no split)'}")
+
+
+def lm_eval_task_config(task: LmEvalTask) -> dict | None:
+    """The YAML config lm-eval builds ``task.lm_eval_task`` from, its includes merged, found where lm-eval's task
+    index finds it (``task.include_path`` first, then lm-eval's own tasks); None for a task no YAML file names at
+    its top level (a group's member) or one defined by a Python class."""
+    import lm_eval
+    import yaml
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    names = re.compile(rf"^task:\s*[\"']?{re.escape(task.lm_eval_task)}[\"']?\s*(#.*)?$", re.M)
+    roots = [Path(task.include_path)] if task.include_path else []
+    for root in [*roots, Path(lm_eval.__file__).parent / "tasks"]:
+        for file in sorted(root.rglob("*.yaml")):
+            if names.search(file.read_text(encoding="utf-8", errors="replace")):
+                try:
+                    config = load_yaml(file, resolve_func=False)
+                except (OSError, ValueError, yaml.YAMLError):  # lm-eval says why when it loads the task
+                    return None
+                return config if config.get("task") == task.lm_eval_task and "class" not in config else None
+    return None
 
 
 def check_features(features, setting: str) -> None:
@@ -252,17 +343,14 @@ def check_train_filter(cfg: DictConfig, multirun: bool) -> None:
         raise ConfigError("filter.features", list(f.features),
                           f"{missing} not recorded; allowed: features in trajectories.features "
                           f"({list(cfg.trajectories.features)})")
-    at_least(cfg, "filter.num_layers", 1)
-    if f.hidden_size is not None:
-        at_least(cfg, "filter.hidden_size", 1)
-    one_of(f.architecture, "filter.architecture", ("mlp", "transformer"))  # models/filter.py ARCHITECTURES
-    if f.architecture == "transformer":
-        width = f.hidden_size or 32
-        if f.num_heads < 1 or width % f.num_heads:
-            raise ConfigError("filter.num_heads", f.num_heads, f"allowed: a divisor of the hidden size ({width})")
-        if "position" not in f.features:
-            raise ConfigError("filter.features", list(f.features), "a transformer filter learns where a position "
-                                                                   "sits from the position feature; add position")
+    try:
+        check_filter_fields(OmegaConf.to_container(f, resolve=True))  # the rules a saved filter.json is read by
+    except FieldError as error:
+        raise error.in_setting("filter") from error
+    if f.architecture == "transformer" and "position" not in f.features:
+        raise ConfigError("filter.features", list(f.features), "a transformer filter learns where a position sits "
+                                                               "from the position feature; add position")
+    check_filter_splits(cfg.trajectories.num_prompts, cfg.seed)
     if not tf.lr > 0:
         raise ConfigError("train_filter.lr", tf.lr, "allowed: a number > 0")
     at_least(cfg, "train_filter.weight_decay", 0, "a number")
@@ -278,6 +366,26 @@ def check_train_filter(cfg: DictConfig, multirun: bool) -> None:
         at_least(cfg, "train_filter.early_stopping_patience", 1, "an integer (or null: never stop early)")
     if tf.target_precision is not None:
         check_probability(tf.target_precision, "train_filter.target_precision")
+
+
+FILTER_SPLITS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}  # pipeline/filter_training.py
+
+
+def filter_split_of(prompt: int, seed: int) -> str:
+    """Which of train_filter's 80/10/10 splits a trajectory prompt falls in (pipeline/filter_training.py)."""
+    bucket = zlib.crc32(f"{seed}:{prompt}".encode()) % 10
+    return next(name for name, buckets in FILTER_SPLITS.items() if bucket in buckets)
+
+
+def check_filter_splits(num_prompts: int, seed: int) -> None:
+    """train_filter splits the trajectories' prompts 80/10/10 by a hash of the prompt and the seed: each split
+    must get at least one, known from the count before any trajectory is computed."""
+    filled = {filter_split_of(prompt, seed) for prompt in range(num_prompts)}
+    empty = [name for name in FILTER_SPLITS if name not in filled]
+    if empty:
+        raise ConfigError("trajectories.num_prompts", num_prompts,
+                          f"too few prompts for train_filter: the 80/10/10 split by prompt (seed={seed}) leaves "
+                          f"{empty[0]} empty; allowed: more prompts (a few dozen at least)")
 
 
 def check_train_policy(cfg: DictConfig, multirun: bool) -> None:
@@ -315,25 +423,16 @@ def check_tied_block_length(cfg: DictConfig, block_length: int) -> None:
                           f"({block_length})")
 
 
-FILTER_FIX = "point decode.filter_path at a train_filter artifact's filter/ folder, or retrain the filter"
-FILTER_FIELDS = {"block_length": int, "features": list}  # models/filter.py's FilterConfig, what loading needs
-
-
 def check_filter_path(path: str | None, setting: str) -> None:
+    """A saved filter (or policy) folder: every field of its filter.json and the tensors of its filter.safetensors
+    (pipeline/saved_files.py, as models/filter.py loads it)."""
     if path is None:
         return
     folder = Path(path)
     if not (folder / "filter.json").is_file():
         raise ConfigError(setting, path, "no saved filter there; allowed: a train_filter artifact's filter/ folder "
                                          "(with filter.json and filter.safetensors)")
-    saved = read_json_object(folder / "filter.json", FILTER_FIX)
-    wrong = [name for name, kind in FILTER_FIELDS.items() if not isinstance(saved.get(name), kind)]
-    if wrong:
-        raise InputError(folder / "filter.json", f"not a saved filter's description (no valid {', '.join(wrong)})",
-                         FILTER_FIX)
-    if not (folder / "filter.safetensors").is_file():
-        raise InputError(folder / "filter.safetensors", "missing", FILTER_FIX)
-    check_safetensors(folder / "filter.safetensors", FILTER_FIX)
+    check_saved_filter(folder, FILTER_FIX)
 
 
 def check_sweep(cfg: DictConfig, multirun: bool) -> None:

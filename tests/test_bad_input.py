@@ -20,6 +20,61 @@ from pipeline.config import PROJECT_ROOT
 from tests.test_cli import MICRO, run_cli
 
 TINY = PROJECT_ROOT / "models" / "checkpoints" / "tiny-arith"
+# saved filters whose filter.json (written by a trained 8-position MLP filter) holds these fields instead
+FILTER_FAULTS = {"filter-unknown-feature": {"features": ["confidense"]}, "filter-threshold-text": {"threshold": "high"},
+                 "filter-threshold-high": {"threshold": 7.5}, "filter-colour": {"colour": "blue"},
+                 "filter-zero-heads": {"architecture": "transformer", "num_heads": 0},
+                 "filter-three-heads": {"architecture": "transformer", "hidden_size": 32, "num_heads": 3},
+                 "filter-other-length": {"block_length": 16}}
+# LLaDA checkpoints in the official layout whose config.json holds these fields instead
+LLADA_FAULTS = {"llada-layers-text": {"n_layers": "two"}, "llada-five-heads": {"n_heads": 5},
+                "llada-three-kv-heads": {"n_kv_heads": 3}, "llada-mask-outside": {"mask_token_id": 200000},
+                "llada-sequential": {"block_type": "sequential"}}
+LLADA_SMALL = ["model=llada_random", "model.architecture.d_model=32", "model.architecture.n_heads=2",
+               "model.architecture.n_kv_heads=2", "model.architecture.n_layers=2",
+               "model.architecture.mlp_hidden_size=64"]
+DREAM_SMALL = ["model=dream_random", "model.architecture.hidden_size=32", "model.architecture.num_attention_heads=2",
+               "model.architecture.num_key_value_heads=1", "model.architecture.num_hidden_layers=2",
+               "model.architecture.intermediate_size=64"]
+# an lm-eval task of train and test prompts only
+TWO_SPLIT_TASK = """task: arith_two_splits
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    train: {folder}/train.jsonl
+    test: {folder}/test.jsonl
+training_split: train
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["#"]
+metric_list:
+  - metric: exact_match
+"""
+
+
+def llada_checkpoints(root: Path) -> None:
+    """A tiny official-layout LLaDA checkpoint, copies with a faulty config.json (the weights linked, not copied)
+    and one whose first shard holds a tensor the index does not list."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.standins import write_llada_official
+
+    official = write_llada_official(root / "llada", shards=2)
+    config = json.loads((official / "config.json").read_text())
+    for name, change in LLADA_FAULTS.items():
+        (root / name).mkdir()
+        for file in official.iterdir():
+            (root / name / file.name).symlink_to(file)
+        (root / name / "config.json").unlink()
+        (root / name / "config.json").write_text(json.dumps({**config, **change}))
+    shutil.copytree(official, root / "llada-extra-tensor")
+    shard = root / "llada-extra-tensor" / "model-00001-of-00002.safetensors"
+    tensors = load_file(shard)
+    tensors["model.transformer.blocks.0.q_norm.weight"] = next(iter(tensors.values())).new_ones(16)
+    save_file(tensors, shard, metadata={"format": "pt"})
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +93,18 @@ def damaged(tmp_path_factory) -> Path:
     (root / "filter-not-a-filter" / "filter.json").write_text('{"colour": "blue"}')
     (root / "filter-bad-weights" / "filter.json").write_text(json.dumps(filter_json))
     (root / "filter-bad-weights" / "filter.safetensors").write_bytes(os.urandom(300))
+    from models.filter import BlockFilter, FilterConfig
+
+    BlockFilter(FilterConfig(block_length=8)).save(root / "filter-good")
+    saved = json.loads((root / "filter-good" / "filter.json").read_text())
+    for name, change in FILTER_FAULTS.items():
+        shutil.copytree(root / "filter-good", root / name)
+        (root / name / "filter.json").write_text(json.dumps({**saved, **change}))
+    llada_checkpoints(root)
+    (root / "lm_eval_tasks").mkdir()
+    for split in ("train", "test"):
+        (root / "lm_eval_tasks" / f"{split}.jsonl").write_text('{"prompt": "12+3=", "answer": "15"}\n')
+    (root / "lm_eval_tasks" / "arith_two_splits.yaml").write_text(TWO_SPLIT_TASK.format(folder=root / "lm_eval_tasks"))
     (root / "empty.jsonl").write_text("")
     (root / "accents.jsonl").write_text('{"prompt": "12+3=", "answer": "15"}\n{"prompt": "d\\u00e9j\\u00e0", '
                                         '"answer": "1"}\n')
@@ -79,13 +146,75 @@ REFUSED_BEFORE_START = [
     (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-bad-json"],
      "{d}/filter-bad-json/filter.json: not a readable JSON file"),
     (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-not-a-filter"],
-     "{d}/filter-not-a-filter/filter.json: not a saved filter's description (no valid block_length, features)"),
+     "{d}/filter-not-a-filter/filter.json: not a saved filter's description (no block_length, features)"),
     (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-bad-weights"],
      "{d}/filter-bad-weights/filter.safetensors: not a safetensors file"),
     ([MICRO, "sweep.grid=[{policy: filter, filter_path: '{d}/filter-bad-weights'}]"],
      "{d}/filter-bad-weights/filter.safetensors: not a safetensors file"),
     (["stage=pretrain", "pretrain.init_from={d}/model-bad-config"],
      "{d}/model-bad-config/config.json: not a readable JSON file"),
+    # saved filters (and policies, the same files): every field of filter.json, its tensors against it
+    (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-unknown-feature"],
+     '{d}/filter-unknown-feature/filter.json: features=["confidense"]: allowed: a non-empty list of confidence, '),
+    (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-threshold-text"],
+     '{d}/filter-threshold-text/filter.json: threshold="high": allowed: a number in (0, 1] (or null); point '),
+    (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-threshold-high"],
+     "{d}/filter-threshold-high/filter.json: threshold=7.5: allowed: a number in (0, 1] (or null)"),
+    (["stage=evaluate", "decode=rl_filter", "decode.filter_path={d}/filter-colour"],
+     "{d}/filter-colour/filter.json: colour=\"blue\": no such field; allowed: block_length, features, num_layers"),
+    (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-zero-heads"],
+     "{d}/filter-zero-heads/filter.json: num_heads=0: allowed: an integer >= 1"),
+    (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-three-heads"],
+     "{d}/filter-three-heads/filter.json: num_heads=3: allowed: a divisor of the hidden size (32)"),
+    (["stage=evaluate", "decode=filter", "decode.filter_path={d}/filter-other-length"],
+     "{d}/filter-other-length/filter.safetensors: tensor 'net.0.bias' has shape [8], filter.json gives [16]"),
+    ([MICRO, "sweep.grid=[{policy: filter, filter_path: '{d}/filter-threshold-high'}]"],
+     "{d}/filter-threshold-high/filter.json: threshold=7.5: allowed"),
+    # a native checkpoint's config.json and its shards
+    (["stage=evaluate", "model=llada_8b_instruct", "model.path={d}/llada-layers-text"],
+     '{d}/llada-layers-text/config.json: n_layers="two": allowed: an integer >= 1; re-download the model'),
+    (["stage=evaluate", "model=llada_8b_instruct", "model.path={d}/llada-five-heads"],
+     "{d}/llada-five-heads/config.json: n_heads=5: allowed: a divisor of d_model (16)"),
+    (["stage=evaluate", "model=llada_8b_instruct", "model.path={d}/llada-three-kv-heads"],
+     "{d}/llada-three-kv-heads/config.json: n_kv_heads=3: allowed: a divisor of n_heads (4)"),
+    (["stage=evaluate", "model=llada_8b_instruct", "model.path={d}/llada-mask-outside"],
+     "{d}/llada-mask-outside/config.json: mask_token_id=200000: allowed: a token id from 0 to vocab_size - 1 "
+     "(126463)"),
+    (["stage=evaluate", "model=llada_8b_instruct", "model.path={d}/llada-sequential"],
+     '{d}/llada-sequential/config.json: block_type="sequential": allowed: "llama" (the native LLaDA implementation'),
+    (["stage=evaluate", "model=llada_8b_instruct", "model.path={d}/llada-extra-tensor"],
+     "{d}/llada-extra-tensor/model-00001-of-00002.safetensors: unexpected tensor "
+     "'model.transformer.blocks.0.q_norm.weight' (not in the index; 1 such)"),
+    (["stage=evaluate", "model=llada_8b_instruct", "model.path={d}/llada", "model.end_of_turn_ids=[126348,130000]"],
+     "model.end_of_turn_ids=[126348, 130000]: allowed: token ids from 0 to 126463 (vocab_size=126464 in "
+     "{d}/llada/config.json)"),
+    # the random-weight presets: the same rules on model.architecture, and the weights' size before allocating
+    (["stage=evaluate", *LLADA_SMALL, "model.architecture.n_heads=3"],
+     "model.architecture.n_heads=3: allowed: a divisor of d_model (32)"),
+    (["stage=evaluate", *LLADA_SMALL, "model.architecture.n_kv_heads=3"],
+     "model.architecture.n_kv_heads=3: allowed: a divisor of n_heads (2)"),
+    (["stage=evaluate", *LLADA_SMALL, "model.architecture.n_layers=two"],
+     "model.architecture.n_layers=two: allowed: an integer >= 1"),
+    (["stage=evaluate", *LLADA_SMALL, "model.architecture.vocab_size=1000", "model.architecture.embedding_size=1000"],
+     "model.mask_token_id=126336: allowed: token ids from 96 to 999 (model.architecture.vocab_size=1000; the "
+     "placeholder tokenizer gives ids below 96 to printable characters)"),
+    (["stage=evaluate", "model=llada_random", "model.architecture.vocab_size=1000000000",
+      "model.architecture.embedding_size=1000000000"],
+     "model.architecture.embedding_size=1000000000: about 29.8 TiB of weights in float32 (8.2T parameters); "),
+    (["stage=benchmark", *DREAM_SMALL, "model.architecture.num_attention_heads=3"],
+     "model.architecture.num_attention_heads=3: allowed: a divisor of hidden_size (32)"),
+    (["stage=benchmark", *DREAM_SMALL, "model.architecture.num_key_value_heads=3"],
+     "model.architecture.num_key_value_heads=3: allowed: a divisor of num_attention_heads (2)"),
+    (["stage=benchmark", "model=dream_random", "model.architecture.vocab_size=1000000000"],
+     "model.architecture.vocab_size=1000000000: about 26.1 TiB of weights in float32 (7.2T parameters); "),
+    # settings a later stage needs, checked before the first stage runs
+    ([MICRO, "stage=train_filter", "trajectories.num_prompts=8"],
+     "trajectories.num_prompts=8: too few prompts for train_filter: the 80/10/10 split by prompt (seed=0) leaves"),
+    ([MICRO, "stage=train_policy", "trajectories.num_prompts=8", "seed=2"],
+     "trajectories.num_prompts=8: too few prompts for train_filter: the 80/10/10 split by prompt (seed=2) leaves"),
+    ([MICRO, "stage=train_policy", "task=lm_eval", "task.lm_eval_task=arith_two_splits",
+      "task.include_path={d}/lm_eval_tasks"],
+     "train_policy.split=validation: lm-eval's arith_two_splits has no validation split; allowed: train, test"),
 ]
 
 

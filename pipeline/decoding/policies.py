@@ -15,7 +15,7 @@ from torch import nn
 from pipeline.decoding.features import HISTORY_FEATURES, block_features
 from pipeline.decoding.schedule import top_k_mask
 from pipeline.decoding.settings import FACTOR_RULES, DecodeSettings, check_probability
-from pipeline.errors import ConfigError, InputError, first_line
+from pipeline.errors import ConfigError, InputError, UserError, first_line
 
 
 @dataclass
@@ -244,6 +244,8 @@ def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -
                                                           "artifact's policy/ folder)")
         try:
             network = BlockFilter.load(settings.filter_path, device)
+        except UserError:  # a saved file's own rules, already naming the file and field
+            raise
         except (OSError, ValueError, TypeError, RuntimeError, KeyError) as error:  # files that disagree
             raise InputError(settings.filter_path, f"the saved filter could not be loaded ({type(error).__name__}: "
                              f"{first_line(error)})", "retrain the filter or point decode.filter_path at another "

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError, first_line
+from pipeline.errors import ConfigError, InputError, UserError, first_line
 from pipeline.tasks.base import SPLITS, Example, Score, Task, check_split
 from pipeline.tasks.hub import json_lines
 
@@ -137,8 +137,9 @@ class LmEvalTask(Task):
         task = self.load()
         docs = {"test": task.eval_docs, "validation": task.validation_docs() if task.has_validation_docs() else None,
                 "train": task.training_docs() if task.has_training_docs() else None}[split]
-        if docs is None:
-            raise ConfigError("split", split, f"lm-eval's {self.lm_eval_task} has no {split} split")
+        if docs is None:  # the stage's own *.split setting is named at pre-flight where the YAML declares splits
+            raise UserError(f"lm-eval's {self.lm_eval_task} has no {split} split; set the stage's split setting "
+                            "(sweep.split, trajectories.split, train_policy.split, eval.split) to one it has")
         return list(docs)
 
     def split_size(self, split: str) -> int:
