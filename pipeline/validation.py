@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.decoding.settings import DecodeSettings, check_probability
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UserError
 from pipeline.input_files import check_safetensors, read_json_object
 from pipeline.model_files import locate
 from pipeline.plan import STAGES, decode_settings, stages_to_run, sweep_settings
@@ -45,6 +45,7 @@ from pipeline.saved_files import (
     weights_problem,
 )
 from pipeline.tasks.base import SPLITS
+from pipeline.tasks.lm_eval_files import read_task_file, scan_builtin, task_files
 from pipeline.tasks.lm_eval_task import LmEvalTask
 from pipeline.tasks.registry import build_task
 
@@ -292,21 +293,17 @@ def check_lm_eval_split(task: LmEvalTask, split: str, split_setting: str) -> Non
 def lm_eval_task_config(task: LmEvalTask) -> dict | None:
     """The YAML config lm-eval builds ``task.lm_eval_task`` from, its includes merged, found where lm-eval's task
     index finds it (``task.include_path`` first, then lm-eval's own tasks); None for a task no YAML file names at
-    its top level (a group's member) or one defined by a Python class."""
-    import lm_eval
-    import yaml
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    names = re.compile(rf"^task:\s*[\"']?{re.escape(task.lm_eval_task)}[\"']?\s*(#.*)?$", re.M)
-    roots = [Path(task.include_path)] if task.include_path else []
-    for root in [*roots, Path(lm_eval.__file__).parent / "tasks"]:
-        for file in sorted(root.rglob("*.yaml")):
-            if names.search(file.read_text(encoding="utf-8", errors="replace")):
-                try:
-                    config = load_yaml(file, resolve_func=False)
-                except (OSError, ValueError, yaml.YAMLError):  # lm-eval says why when it loads the task
-                    return None
-                return config if config.get("task") == task.lm_eval_task and "class" not in config else None
+    its top level (a group's member), one defined by a Python class, or a file lm-eval cannot read (it says why
+    when it loads the task)."""
+    name = task.lm_eval_task
+    local = task_files(Path(task.include_path)) if task.include_path else []
+    for path in [*local, *sorted(Path(p) for p in scan_builtin([name])[1][name])]:
+        try:
+            config = read_task_file(path)
+        except UserError:
+            continue
+        if config.get("task") == name:
+            return None if "class" in config else config
     return None
 
 
