@@ -45,7 +45,8 @@ MANIFEST = "manifest.json"
 FORMAT = 3
 VERIFY = ("content", "size")
 INCIDENTAL_FOLDERS = ("checkpoints", "logs", "lightning_logs", "wandb")  # top-level folders of a work directory
-INCIDENTAL_FILES = ("timing.json", ".inputs.json")
+TIMING = "timing.json"  # a stage's wall-clock figures: what its run cost, kept beside its record
+INCIDENTAL_FILES = (TIMING, ".inputs.json")
 
 
 def content_key(payload: dict[str, Any]) -> str:
@@ -182,13 +183,19 @@ class ArtifactStore:
     a file's size is found; ``verify="size"`` checks presence and sizes only, the cheap mode for multi-GB artifacts
     where a same-size edit goes unseen. A file is hashed once per store (one per invocation) while its inode, size
     and times stay the same; a new process hashes again.
+
+    A ``read_only`` store (``stage=status``) recomputes nothing, so a damaged artifact is neither "recomputed" nor an
+    error of a listing: it reads as absent, and :attr:`damaged` keeps it, whatever its stage, for the caller to
+    report.
     """
 
-    def __init__(self, root: str | Path, verify: str = "content") -> None:
+    def __init__(self, root: str | Path, verify: str = "content", read_only: bool = False) -> None:
         if verify not in VERIFY:
             raise ConfigError("verify_artifacts", verify, f"allowed: {', '.join(VERIFY)}")
         self.root = Path(root) / "artifacts"
         self.verify = verify
+        self.read_only = read_only
+        self.damaged: dict[Path, DamagedArtifactError] = {}  # artifact folder -> its damage (read_only)
         self.hashed: dict[tuple[int, ...], str] = {}
         self.reported: set[str] = set()
 
@@ -218,6 +225,9 @@ class ArtifactStore:
         try:
             return self.read(path)
         except DamagedArtifactError as damage:
+            if self.read_only:
+                self.damaged.setdefault(path, to_recompute(damage, spec.stage, path))
+                return None
             if str(damage) not in self.reported:  # the same artifact is looked up again under its lock
                 self.reported.add(str(damage))
                 log.warning("%s %s: %s: %s; recomputing the artifact", spec.stage, spec.key, damage.path,
@@ -229,7 +239,8 @@ class ArtifactStore:
         are left out; their keys can never be asked for again anyway). ``where`` sees the manifest before the files
         are checked, so that artifacts a caller does not want cost no hashing.
 
-        A listing cannot recompute what it finds, so a damaged artifact stops it with an error naming the file.
+        A listing cannot recompute what it finds, so a damaged artifact stops it with an error naming the file (a
+        ``read_only`` store notes it and goes on).
         """
         found = []
         for manifest in sorted((self.root / stage).glob(f"*/{MANIFEST}")):
@@ -241,9 +252,10 @@ class ArtifactStore:
             try:
                 check_files(listed, self.verify, self.file_digest)
             except DamagedArtifactError as damage:
-                raise DamagedArtifactError(damage.path, damage.problem,
-                                           f"rerun `stage={stage}` with the settings that made it to recompute it, "
-                                           f"or delete {listed.path}") from None
+                if not self.read_only:
+                    raise to_recompute(damage, stage, listed.path) from None
+                self.damaged.setdefault(listed.path, to_recompute(damage, stage, listed.path))
+                continue
             found.append(listed)
         return found
 
@@ -350,6 +362,12 @@ class ArtifactStore:
         os.replace(work, final)
         log.info("%s %s: written to %s", spec.stage, spec.key, final)
         return Artifact(final, manifest)
+
+
+def to_recompute(damage: DamagedArtifactError, stage: str, artifact: Path) -> DamagedArtifactError:
+    """The damage, with what to do where nothing recomputes it on its own."""
+    return DamagedArtifactError(damage.path, damage.problem, f"rerun `stage={stage}` with the settings that made it "
+                                                             f"to recompute it, or delete {artifact}")
 
 
 def is_older_format(manifest: Path) -> bool:

@@ -3,9 +3,9 @@
 Before Hydra starts the app (and creates its run folder), every job the command will run is composed and
 validated here, torch-free: a bad setting or input prints one line, ``error: <setting>=<value>: <allowed>``, and
 exits with status 2, having written nothing. What can only be found after the start (a damaged file, an sbatch
-refusal) prints the same one line and leaves nothing behind but what a rerun resumes from
+refusal, training that diverges) prints the same one line and leaves nothing behind but what a rerun resumes from
 (:mod:`pipeline.leftovers`); Ctrl-C prints ``interrupted: ...`` and exits with status 130. ``HYDRA_FULL_ERROR=1``
-shows the full stack instead.
+shows the full stack instead. ``stage=status`` only reads, so it runs without Hydra's run folder.
 """
 
 from __future__ import annotations
@@ -149,8 +149,8 @@ def check_syntax(overrides: list[str]) -> None:
                             "key=a,b with -m; quote values holding spaces or brackets") from error
 
 
-def preflight(overrides: list[str], multirun: bool, config_name: str | None) -> str:
-    """Compose and validate every job before Hydra creates anything on disk; returns the output folder."""
+def preflight(overrides: list[str], multirun: bool, config_name: str | None) -> DictConfig:
+    """Compose and validate every job before Hydra creates anything on disk; returns the last job's config."""
     from hydra import compose, initialize_config_dir
 
     check_syntax(overrides)
@@ -158,7 +158,23 @@ def preflight(overrides: list[str], multirun: bool, config_name: str | None) -> 
         for job in job_overrides(overrides, multirun):
             cfg = compose(config_name=config_name or "config", overrides=job)
             validate(cfg, multirun=multirun)
-    return str(cfg.output_dir)
+    return cfg
+
+
+READ_ONLY = ("status",)  # stages that only read the output folder
+
+
+def run_read_only(cfg: DictConfig) -> None:
+    """A read-only stage, run without Hydra's app, which would make a run folder (config and log) for it: it writes
+    nothing. Its log lines go to stderr as in any run."""
+    import logging
+
+    from pipeline.cluster import LOG_FORMAT
+    from pipeline.stages import run_stage
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    with errors_reported(RUNNING, where=f"output_dir={cfg.output_dir}"):
+        run_stage(cfg)
 
 
 BEFORE_START: dict[str, Leftovers] = {}  # the output folder as it was before Hydra made the run folder in it
@@ -189,6 +205,8 @@ def main() -> None:
                      or args.config_path or args.config_dir or args.experimental_rerun)
     with errors_reported(COMPOSING):
         if not informational:
-            output_dir = preflight(args.overrides, args.multirun, args.config_name)
-            BEFORE_START[output_dir] = Leftovers(output_dir)
+            cfg = preflight(args.overrides, args.multirun, args.config_name)
+            if cfg.stage in READ_ONLY and not args.multirun:
+                return run_read_only(cfg)
+            BEFORE_START[str(cfg.output_dir)] = Leftovers(cfg.output_dir)
         app()

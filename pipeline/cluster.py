@@ -1,12 +1,12 @@
 """``launcher=slurm``: the experiment's DAG (:mod:`pipeline.dag`) submitted to Slurm through submitit.
 
 The command submits only what is missing, with ``afterok`` dependencies, records the jobs and returns
-(``launcher.wait=true`` blocks with a progress display instead); ``stage=status`` reads the record back. Each job
-runs :class:`StageJob`: a stage that raises exits non-zero, so Slurm records FAILED and dependents are cancelled
-(``--kill-on-invalid-dep``). On preemption or near its time limit a job saves what it holds (filter training:
-its last finished epoch) and requeues itself; the rerun skips finished shards and settings, so the final results
-are those of an uninterrupted run. The signal protocol is submitit's (``__submitit_checkpoint__``-style
-``checkpoint`` method, USR2 before the time limit, ``scontrol requeue``).
+(``launcher.wait=true`` blocks with a progress display instead); ``stage=status`` reads the record back, with the
+artifacts' states, writing nothing. Each job runs :class:`StageJob`: a stage that raises exits non-zero, so Slurm
+records FAILED and dependents are cancelled (``--kill-on-invalid-dep``). On preemption or near its time limit a
+job saves what it holds (filter training: its last finished epoch) and requeues itself; the rerun skips finished
+shards and settings, so the final results are those of an uninterrupted run. The signal protocol is submitit's
+(``__submitit_checkpoint__``-style ``checkpoint`` method, USR2 before the time limit, ``scontrol requeue``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline import preemption
-from pipeline.artifacts import write_json_atomic
+from pipeline.artifacts import MANIFEST, ArtifactStore, DamagedArtifactError, to_recompute, write_json_atomic
 from pipeline.dag import DAG_STAGES, Node, plan
 from pipeline.errors import InputError, UserError
 from pipeline.input_files import read_json_object
@@ -354,20 +354,49 @@ def report(summary: list[dict[str, Any]]) -> None:
 
 
 def status(cfg: DictConfig) -> dict[str, Any]:
-    """``stage=status``: each stage's artifact state, and its jobs' Slurm states from the last submission."""
+    """``stage=status``: each stage's artifact state, and its jobs' Slurm states from the last submission. It reads
+    and writes nothing: a damaged artifact, of whatever stage, is shown as such and then named in one error line
+    (exit status 2), never recomputed."""
     ctx = StageContext(cfg)
+    ctx.store = ArtifactStore(cfg.output_dir, verify=cfg.verify_artifacts, read_only=True)
     with open_dict(cfg):
         cfg.stage = "all"
     nodes = plan(ctx)
     record = read_record(Path(cfg.launcher.folder))
+    damaged = ctx.store.damaged
     print(f"experiment {cfg.experiment_name}: artifacts under {ctx.store.root}")
     for node in nodes:
-        pieces = f" ({node.done}/{node.total})" if node.total > 1 else ""
-        print(f"  {node.name:<13} {'complete' if node.complete else 'missing':<8}{pieces}  {node.results}")
+        states = [artifact_state(ctx.store, node.stage, key) for key in node.keys]
+        state = "damaged" if "damaged" in states else "complete" if set(states) == {"complete"} else "missing"
+        done, total = (states.count("complete"), len(states)) if len(states) > 1 else (node.done, node.total)
+        pieces = f" ({done}/{total})" if total > 1 else ""
+        print(f"  {node.name:<13} {state:<8}{pieces}  {node.results}")
+    if damaged:
+        print("damaged artifacts (rerun their stage to recompute them, or delete them):")
+        for damage in damaged.values():
+            print(f"  {damage.path}: {damage.problem}")
+    summary: list[dict[str, Any]] = []
     if record is None:
         print(f"no submission recorded in {cfg.launcher.folder}")
-        return {"nodes": [asdict(n) for n in nodes], "jobs": []}
-    print(f"jobs of the submission at {record['submitted_at']} (logs in {Path(record['folder']) / 'jobs'}):")
-    summary, _ = summarize(record)
-    report(summary)
+    else:
+        print(f"jobs of the submission at {record['submitted_at']} (logs in {Path(record['folder']) / 'jobs'}):")
+        summary, _ = summarize(record)
+        report(summary)
+    if damaged:
+        first, *others = damaged.values()
+        more = f" ({len(others)} more damaged artifact(s) listed above)" if others else ""
+        raise DamagedArtifactError(first.path, first.problem, first.fix + more)
     return {"nodes": [asdict(n) for n in nodes], "jobs": summary}
+
+
+def artifact_state(store: ArtifactStore, stage: str, key: str) -> str:
+    """``complete``, ``missing`` or ``damaged`` (then noted in the read-only store's ``damaged``): the artifact's
+    own state, whatever the plan would recompute because of its upstream."""
+    path = store.root / stage / key
+    if path not in store.damaged and (path / MANIFEST).exists():
+        try:
+            store.read(path)
+            return "complete"
+        except DamagedArtifactError as damage:
+            store.damaged[path] = to_recompute(damage, stage, path)
+    return "damaged" if path in store.damaged else "missing"

@@ -43,6 +43,23 @@ class DiffusionPretraining(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resumed run trains at this run's ``lr``: the optimiser and schedule states saved in a checkpoint keep
+        the rate they were made with, so lowering ``pretrain.lr`` after a divergence would otherwise change nothing.
+        The schedule's position (warm-up, decay) is kept."""
+        schedulers = checkpoint.get("lr_schedulers") or []
+        if not schedulers or not schedulers[0].get("base_lrs"):
+            return
+        scale = self.hparams.lr / schedulers[0]["base_lrs"][0]
+        for state in schedulers:
+            state["base_lrs"] = [lr * scale for lr in state["base_lrs"]]
+            state["_last_lr"] = [lr * scale for lr in state.get("_last_lr", [])]
+        for state in checkpoint.get("optimizer_states") or []:
+            for group in state["param_groups"]:
+                group["lr"] *= scale
+                if "initial_lr" in group:
+                    group["initial_lr"] *= scale
+
     def configure_optimizers(self):
         hp = self.hparams
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]

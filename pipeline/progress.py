@@ -1,20 +1,31 @@
-"""Training progress where a progress bar cannot show it: log lines, a few per run, for log files.
+"""Training progress where a progress bar cannot show it, and what training keeps of it across a resume.
 
 A bar redrawn in place reads well on a terminal and not at all in a cluster job's log file (one long line, or
 nothing), so training draws Lightning's bar only when ``progress=true`` and stderr is a terminal, and otherwise
-logs a line every few percent of its epochs.
+logs a line every few percent of its epochs. A run resumed from a checkpoint keeps the metric history
+(:func:`history_logger`) and the training seconds (:class:`TrainingClock`) of the runs before it, and training that
+diverges stops at the first non-finite loss or gradient with one line naming the settings to lower
+(:class:`FiniteTraining`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
+
+from pipeline.errors import UserError, format_value
 
 log = logging.getLogger(__name__)
+HISTORY = "metrics.csv"  # Lightning's CSV logger's file, in its log folder
 
 
 def bar_wanted(progress: bool) -> bool:
@@ -78,3 +89,100 @@ class EpochLog(L.Callback):
             parts.append(f"ETA {duration(elapsed / done * (self.max_epochs - epoch))}")
         log.info("%s: %s", self.name, ", ".join(parts))
         self.logged = epoch
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss or gradient: training cannot go on at these settings. ``step`` is the global step it
+    happened at and ``first`` the one the run started from (a resumed run's checkpoint)."""
+
+    def __init__(self, message: str, step: int, first: int) -> None:
+        super().__init__(message)
+        self.step, self.first = step, first
+
+
+class FiniteTraining(L.Callback):
+    """Stops training at the first non-finite loss or gradient, before the optimiser step, so no checkpoint ever
+    holds weights the divergence spoiled; the error names ``lower``, the settings (name -> value) to lower.
+
+    ``unit`` is what the user counts: ``epoch`` (numbered from 1) or a step (``update``, ``step``: the global step,
+    numbered from 1)."""
+
+    def __init__(self, stage: str, unit: str, lower: dict[str, Any]) -> None:
+        self.stage, self.unit, self.lower = stage, unit, lower
+        self.first = 0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.first = trainer.global_step
+
+    def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss.detach()):
+            raise self.diverged(trainer, f"the loss is {float(loss.detach())}")
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer) -> None:
+        grads = [torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None]
+        if grads and not torch.stack(grads).all():  # one device sync, not one per tensor
+            raise self.diverged(trainer, "a gradient is not finite")
+
+    def diverged(self, trainer: L.Trainer, what: str) -> TrainingDiverged:
+        where = trainer.current_epoch + 1 if self.unit == "epoch" else trainer.global_step + 1
+        settings = " or ".join(f"{name}={format_value(value)}" for name, value in self.lower.items())
+        return TrainingDiverged(f"{self.stage}: {what} at {self.unit} {where} (training diverged); lower {settings}",
+                                trainer.global_step, self.first)
+
+
+class TrainingClock(L.Callback):
+    """The seconds spent in training steps, over every run that led to the last checkpoint: the sum is saved with
+    the checkpoint, so a resumed run adds its steps to those of the steps it resumes after (the steps a killed run
+    took after its last checkpoint are taken again and counted once). Validation is not counted."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock, self.seconds, self.began = clock, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.began = self.clock()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self.seconds += self.clock() - self.began
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.seconds = float(state_dict["seconds"])
+
+
+def history_logger(folder: Path, resumed_at: int) -> L.pytorch.loggers.CSVLogger:
+    """Lightning's CSV logger in ``folder/logs/version_0``, keeping what earlier runs logged before global step
+    ``resumed_at`` (Lightning's writer starts its file anew; the rows from that step on were logged after the
+    checkpoint a resumed run starts from, and it logs them again), so the history holds every step once."""
+    logger = L.pytorch.loggers.CSVLogger(folder, name="logs", version=0)
+    path = Path(logger.log_dir) / HISTORY
+    earlier = [row for row in read_history(path) if int(row["step"]) < resumed_at]
+    writer = logger.experiment  # made now: it deletes the earlier file
+    for row in earlier:
+        writer.log_metrics({k: number(v) for k, v in row.items() if k != "step" and v}, int(row["step"]))
+    writer.save()
+    return logger
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    """The rows of a history file; a last line cut short by a kill while it was written is left out."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    whole = text[: text.rfind("\n") + 1]
+    return [row for row in csv.DictReader(io.StringIO(whole)) if (row.get("step") or "").isdigit()]
+
+
+def number(text: str) -> int | float:
+    """A CSV cell as Lightning logged it: an integer (the epoch) or a float (written with ``repr``, so exact)."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def last_logged(folder: Path, prefix: str) -> dict[str, float]:
+    """The latest value of every metric named ``prefix...`` in the history of :func:`history_logger`: the same
+    figures whether or not the run was resumed, and after a resume that had no steps left to train."""
+    latest: dict[str, float] = {}
+    for row in read_history(folder / "logs" / "version_0" / HISTORY):
+        latest.update({k: float(v) for k, v in row.items() if k.startswith(prefix) and v})
+    return latest

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import logging
 import re
+import shutil
 import sys
 import warnings
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ LIGHTNING_CHATTER = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"The '\w+' does not have many workers",
     r"The `srun` command is available on your system but is not used",
     r"Checkpoint directory .* exists and is not empty",
+    r"Experiment logs directory .* exists and is not empty",  # a resumed run keeps the history (progress.py)
+    r"You're resuming from a checkpoint that ended before the epoch ended",  # policy updates draw by their number
     r"\s*Detected KeyboardInterrupt, attempting graceful shutdown",  # the command line says "interrupted: ..."
 )
 # where Lightning logs them (its warnings go through the warnings module)
@@ -74,6 +77,20 @@ def quiet_lightning() -> Iterator[None]:
     finally:
         for logger in loggers:
             logger.removeFilter(_not_chatter)
+
+
+@contextlib.contextmanager
+def cleared_if_diverged(work: Path) -> Iterator[None]:
+    """Training that diverges leaves nothing in its artifact's work folder: no rerun could resume from it, since
+    lowering a setting the error names gives the artifact another key (so another work folder), and the same
+    settings would diverge again at the same step."""
+    from pipeline.progress import TrainingDiverged
+
+    try:
+        yield
+    except TrainingDiverged:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 @functools.lru_cache(maxsize=8)

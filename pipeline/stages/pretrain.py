@@ -1,7 +1,9 @@
 """Stage ``pretrain``: train the embedded masked-diffusion model and save it with ``save_pretrained``.
 
 Checkpoints go to ``pretrain.work_dir`` every ``checkpoint_every`` steps; a rerun resumes from the last one.
-Every ``val_every`` steps a vanilla decode of validation prompts reports exact match.
+Every ``val_every`` steps a vanilla decode of validation prompts reports exact match. Training that diverges stops
+in one line naming ``pretrain.lr`` and keeps the last checkpoint, saved before the divergence, to resume from at a
+lower rate (:func:`diverged`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pipeline.decoding.loop import decode
 from pipeline.decoding.policies import Vanilla
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.pretrain import DiffusionPretraining
-from pipeline.progress import bar_wanted
+from pipeline.progress import FiniteTraining, TrainingDiverged, bar_wanted
 from pipeline.stages.common import quiet_lightning
 from pipeline.tasks.registry import build_task
 
@@ -83,14 +85,16 @@ def pretrain(cfg: DictConfig) -> Path:
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=work_dir / "checkpoints", save_last=True, every_n_train_steps=pcfg.checkpoint_every, save_top_k=0
     )
+    logger = L.pytorch.loggers.CSVLogger(work_dir, name="logs")
     trainer = L.Trainer(
         max_steps=pcfg.max_steps,
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
         precision="bf16-mixed" if device.type == "cuda" else "32-true",
-        callbacks=[checkpoints, DecodeAccuracy(task, tokenizer, pcfg.val_every, pcfg.val_prompts,
-                                               pcfg.val_gen_length, pcfg.val_block_length)],
-        logger=L.pytorch.loggers.CSVLogger(work_dir, name="logs"),
+        callbacks=[FiniteTraining("pretrain", "step", {"pretrain.lr": pcfg.lr}), checkpoints,
+                   DecodeAccuracy(task, tokenizer, pcfg.val_every, pcfg.val_prompts, pcfg.val_gen_length,
+                                  pcfg.val_block_length)],
+        logger=logger,
         default_root_dir=work_dir,
         log_every_n_steps=25,
         enable_progress_bar=bar_wanted(bool(cfg.progress)),
@@ -100,7 +104,10 @@ def pretrain(cfg: DictConfig) -> Path:
     last = work_dir / "checkpoints" / "last.ckpt"
     if last.exists():
         log.info("resuming from %s", last)
-    preemption.fit(trainer, module, loader, ckpt_path=str(last) if last.exists() else None)
+    try:
+        preemption.fit(trainer, module, loader, ckpt_path=str(last) if last.exists() else None)
+    except TrainingDiverged as error:
+        raise diverged(error, Path(logger.log_dir), last) from None
     save_to = Path(pcfg.save_to)
     tmp = save_to.with_name(save_to.name + ".tmp")
     module.model.save_pretrained(tmp)
@@ -110,3 +117,22 @@ def pretrain(cfg: DictConfig) -> Path:
     tmp.rename(save_to)
     log.info("saved the model and tokenizer to %s", save_to)
     return save_to
+
+
+def diverged(error: TrainingDiverged, run_log: Path, last: Path) -> TrainingDiverged:
+    """What diverged pretraining leaves, and the line that says so. The work folder belongs to the model, not to
+    the settings, and a rerun resumes from its last checkpoint at the rate it is given (the module's
+    ``on_load_checkpoint``), so that checkpoint stays: no step that diverged was taken before it was saved. One
+    whose own first step diverged cannot be resumed at any rate (the loss and gradient do not depend on it) and is
+    deleted. This run's log folder goes: nothing resumes from it."""
+    shutil.rmtree(run_log, ignore_errors=True)
+    if last.exists() and error.step == error.first > 0:
+        last.unlink()
+        then = f"; the checkpoint it resumed from ({last}) diverges at its first step, so it was deleted: a rerun " \
+               "starts over"
+    elif last.exists():
+        then = f" and rerun: it resumes from the last checkpoint, saved before the divergence ({last}; delete it " \
+               "to start over)"
+    else:
+        then = " and rerun"
+    return TrainingDiverged(f"{error}{then}", error.step, error.first)

@@ -1,5 +1,7 @@
 """Stage ``status``: each stage's artifact state for the experiment, and the Slurm states of the jobs its last
-``launcher=slurm`` submission started (failed ones with their log and error line)."""
+``launcher=slurm`` submission started (failed ones with their log and error line). It writes nothing, not even a
+run folder (:mod:`pipeline.cli`), and a damaged artifact of any stage is shown as such and named in one error line
+(exit status 2), never recomputed."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Stage ``train_filter``: fit the Learn2PD filter on a trajectories artifact with Lightning.
 
 Writes the filter (``filter/``, loadable by ``decode.filter_path``), Lightning checkpoints (a killed run resumes
-from ``checkpoints/last.ckpt`` inside the artifact's work directory) and the validation and test metrics.
+from ``checkpoints/last.ckpt`` inside the artifact's work directory, keeping the history in ``logs/``) and the
+validation and test metrics. Training that diverges stops in one line naming ``train_filter.lr`` and leaves no work
+directory (:func:`pipeline.stages.common.cleared_if_diverged`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from omegaconf import DictConfig
 from pipeline import preemption
 from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
 from pipeline.errors import InputError
-from pipeline.progress import EpochLog, bar_wanted
+from pipeline.progress import EpochLog, FiniteTraining, bar_wanted, history_logger
 from pipeline.stages import trajectories
-from pipeline.stages.common import StageContext, plain, quiet_lightning
+from pipeline.stages.common import StageContext, cleared_if_diverged, plain, quiet_lightning
 from pipeline.tracking import tracking
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
         dirpath=work / "checkpoints", filename="last", save_top_k=1, every_n_epochs=tf.checkpoint_every_n_epochs,
         save_on_train_epoch_end=True, enable_version_counter=False,
     )
-    callbacks: list[L.Callback] = [checkpoints]
+    callbacks: list[L.Callback] = [FiniteTraining("train_filter", "epoch", {"train_filter.lr": tf.lr}), checkpoints]
     best = None
     if tf.early_stopping_patience is not None:  # stop when val/loss stops falling; keep the best epoch's weights
         best = L.pytorch.callbacks.ModelCheckpoint(dirpath=work / "checkpoints", filename="best", monitor="val/loss",
@@ -130,7 +132,8 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
     bar = bar_wanted(bool(cfg.progress))
     if not bar:
         callbacks.append(EpochLog("train_filter", tf.max_epochs))
-    loggers = [L.pytorch.loggers.CSVLogger(work, name="logs", version=0)]
+    last, first_step = resumable(work / "checkpoints" / "last.ckpt")
+    loggers = [history_logger(work, first_step)]
     if tracker.run is not None:
         loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
     trainer = L.Trainer(
@@ -139,8 +142,7 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
         check_val_every_n_epoch=tf.val_every_n_epochs, log_every_n_steps=1, default_root_dir=work,
         enable_model_summary=False, plugins=plugins,
     )
-    last = resumable(work / "checkpoints" / "last.ckpt")
-    with preemption.saver(snapshot.save):
+    with preemption.saver(snapshot.save), cleared_if_diverged(work):
         preemption.fit(trainer, module, datamodule=data, ckpt_path=str(last) if last else None)
     stopped = trainer.current_epoch
     if best is not None and best.best_model_path:
@@ -167,18 +169,20 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
     return figures
 
 
-def resumable(checkpoint: Path) -> Path | None:
-    """The checkpoint a killed run left, if it loads (a kill while it was being written leaves it truncated)."""
+def resumable(checkpoint: Path, stage: str = "train_filter", unit: str = "epoch") -> tuple[Path | None, int]:
+    """The checkpoint a killed run left, if it loads (a kill while it was being written leaves it truncated), and
+    the global step it was saved at (0 without one). The log line counts in ``unit``: epochs, or steps."""
     if not checkpoint.exists():
-        return None
+        return None, 0
     try:
-        epoch = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        epoch, step = int(saved["epoch"]), int(saved["global_step"])
     except Exception as error:  # a partial write: unpickling fails in many ways
-        log.warning("train_filter: ignoring the unreadable checkpoint %s (%s)", checkpoint, error)
+        log.warning("%s: ignoring the unreadable checkpoint %s (%s)", stage, checkpoint, error)
         checkpoint.unlink()
-        return None
-    log.info("train_filter: resuming from %s (after epoch %d)", checkpoint, epoch)
-    return checkpoint
+        return None, 0
+    log.info("%s: resuming from %s (after %s %d)", stage, checkpoint, unit, epoch if unit == "epoch" else step)
+    return checkpoint, step
 
 
 def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:

@@ -2,8 +2,10 @@
 
 Downstream of ``train_filter`` (its filter is the warm start and the KL anchor). Writes the fine-tuned policy as a
 saved filter (``policy/``, loadable by ``decode=rl_filter decode.filter_path=...``) with the threshold that did
-best on held-out training prompts, the per-update figures (``logs/``, and W&B), and resumes a killed run from
-``checkpoints/last.ckpt`` in the artifact's work directory. See :mod:`pipeline.policy_training` for the method.
+best on held-out training prompts, what was learned (``metrics.json``), what it cost (``timing.json``, beside the
+record: wall-clock seconds differ between identical runs) and the per-update figures (``logs/``, and W&B). A killed
+run resumes from ``checkpoints/last.ckpt`` in the artifact's work directory with its history and its seconds. See
+:mod:`pipeline.policy_training` for the method.
 """
 
 from __future__ import annotations
@@ -11,21 +13,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 
 from pipeline import preemption
-from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
+from pipeline.artifacts import TIMING, Artifact, ArtifactSpec, code_digest, write_json_atomic
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.plan import decode_settings
-from pipeline.progress import bar_wanted
+from pipeline.progress import FiniteTraining, TrainingClock, bar_wanted, history_logger, last_logged
 from pipeline.stages import train_filter
-from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain, quiet_lightning
+from pipeline.stages.common import (
+    DECODING_CODE,
+    StageContext,
+    cleared_if_diverged,
+    model_identity,
+    plain,
+    quiet_lightning,
+)
 from pipeline.stages.train_filter import resumable
 from pipeline.tracking import tracking
 
@@ -89,7 +96,9 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
         dirpath=work / "checkpoints", filename="last", save_top_k=1, every_n_train_steps=tp.checkpoint_every_n_updates,
         enable_version_counter=False,
     )
-    callbacks: list[L.Callback] = [checkpoints]
+    clock = TrainingClock()
+    lower = {"train_policy.lr": tp.lr, "train_policy.speed_weight": tp.speed_weight}
+    callbacks: list[L.Callback] = [FiniteTraining("train_policy", "update", lower), clock, checkpoints]
     plugins = []
     snapshot = preemption.UpdateSnapshot(work / "checkpoints" / "last.ckpt")
     if preemption.in_slurm_job():  # the job wrapper owns the preemption signal (see train_filter)
@@ -98,7 +107,8 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
     bar = bar_wanted(bool(cfg.progress))
     if not bar:
         callbacks.append(UpdateLog(tp.updates))
-    loggers = [L.pytorch.loggers.CSVLogger(work, name="logs", version=0)]
+    last, first_update = resumable(work / "checkpoints" / "last.ckpt", "train_policy", "update")
+    loggers = [history_logger(work, first_update)]
     if tracker.run is not None:
         loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
     trainer = L.Trainer(
@@ -109,26 +119,25 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
         num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=work, enable_model_summary=False,
         plugins=plugins, limit_val_batches=1,
     )
-    last = resumable(work / "checkpoints" / "last.ckpt")
-    first_update = resumed_at(last)
-    began = time.perf_counter()
-    with preemption.saver(snapshot.save):
+    with preemption.saver(snapshot.save), cleared_if_diverged(work):
         preemption.fit(trainer, module, train_dataloaders=train, val_dataloaders=val,
                        ckpt_path=str(last) if last else None)
-    seconds = time.perf_counter() - began
     policy = module.network.cpu().eval()
     chosen = choose_threshold(env, policy, list(tp.thresholds))
     start = choose_threshold(env, warm_start(BlockFilter.load(warm.path / "filter"), tp.center,
                                              cfg.train_filter.threshold), list(tp.thresholds))
     policy.config = dataclasses.replace(policy.config, threshold=chosen["threshold"])
-    rollouts = (trainer.global_step - first_update) * tp.prompts_per_update * tp.group_size
-    figures = {**{f"validated/{k}": v for k, v in chosen.items()},
+    rollouts = trainer.global_step * tp.prompts_per_update * tp.group_size
+    # what was learned, the same for a resumed run as for an uninterrupted one: the record's content
+    metrics = {**{f"validated/{k}": v for k, v in chosen.items()},
                **{f"warm_start/{k}": v for k, v in start.items()},
-               "updates": trainer.global_step, "rollouts": trainer.global_step * tp.prompts_per_update * tp.group_size,
-               "seconds": seconds, "minutes_per_1000_rollouts": seconds / 60 / max(rollouts, 1) * 1000,
-               **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}}
+               "updates": trainer.global_step, "rollouts": rollouts, **last_logged(work, "train/")}
+    # what it cost, over every run that trained towards the policy: kept beside the record, not in it
+    timing = {"seconds": clock.seconds, "minutes_per_1000_rollouts": clock.seconds / 60 / max(rollouts, 1) * 1000}
     policy.save(work / "policy")
-    (work / "metrics.json").write_text(json.dumps(figures, indent=2))
+    (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(work / TIMING, timing)
+    figures = {**metrics, **timing}
     log.info("train_policy: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
     return figures
 
@@ -151,13 +160,6 @@ def choose_threshold(env, network, thresholds: list[float]) -> dict[str, float]:
         log.info("train_policy: held-out prompts at threshold %.3g: accuracy %.3f, NFE %.2f, reward %.4f",
                  r["threshold"], r["accuracy"], r["nfe"], r["reward"])
     return max(results, key=lambda r: (r["reward"], r["accuracy"], -results.index(r)))
-
-
-def resumed_at(checkpoint: Path | None) -> int:
-    """The update a run starts from: 0, or the one its checkpoint holds."""
-    if checkpoint is None:
-        return 0
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
 
 
 class UpdateLog(L.Callback):
