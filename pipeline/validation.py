@@ -125,7 +125,8 @@ def check_common(cfg: DictConfig) -> None:
     one_of(cfg.verify_artifacts, "verify_artifacts", VERIFY_MODES)
     if not str(cfg.output_dir).strip():
         raise ConfigError("output_dir", "''", "allowed: a folder path (it is created when missing)")
-    check_writable(Path(cfg.output_dir), "output_dir")
+    if cfg.stage != "status":  # status only reads: it tries no file in the folder either
+        check_writable(Path(cfg.output_dir), "output_dir")
     decode_settings(cfg).validate()  # every stage reads it (trajectories' window defaults to it): named as the user's
 
 
@@ -149,7 +150,8 @@ def check_launcher(cfg: DictConfig, multirun: bool) -> None:
     if la.signal_delay_s >= la.time_min * 60:
         raise ConfigError("launcher.signal_delay_s", la.signal_delay_s,
                           f"allowed: less than launcher.time_min ({la.time_min} min) in seconds")
-    check_writable(Path(la.folder), "launcher.folder")
+    if cfg.stage != "status":
+        check_writable(Path(la.folder), "launcher.folder")
     missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
     if cfg.stage != "status" and missing:
         raise ConfigError("launcher", la.kind, f"{' and '.join(missing)} not on PATH: submit from a machine of the "

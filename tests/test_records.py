@@ -131,6 +131,11 @@ def test_a_forced_identical_retrain_keeps_its_digest_and_everything_downstream(f
             forced.stderr[-3000:]
         after = manifest(out, stage)
         assert (after["digest"], after["file_digests"]) == (before["digest"], before["file_digests"]), stage
+    results = {path.name: json.loads((path / "manifest.json").read_text())["digest"] for path in complete(out, "sweep")}
+    forced = run_cli(*POLICY, "stage=sweep", "force=true", f"output_dir={out}")
+    assert forced.returncode == 0 and forced.stderr.count("written to") == len(results), forced.stderr[-3000:]
+    assert {path.name: json.loads((path / "manifest.json").read_text())["digest"]
+            for path in complete(out, "sweep")} == results, "the sweep's records hold no timings"
     policy = complete(out, "train_policy")[0]
     timing = json.loads((policy / "timing.json").read_text())
     assert set(timing) == {"seconds", "minutes_per_1000_rollouts"}, "what it cost, beside the record"

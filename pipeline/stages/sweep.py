@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.artifacts import (
+    TIMING,
     Artifact,
     ArtifactSpec,
     Inputs,
@@ -37,6 +38,7 @@ from pipeline.tracking import tracking
 
 log = logging.getLogger(__name__)
 CODE = (*DECODING_CODE, "models/filter.py", "pipeline/stages/sweep.py")
+TIMED = ("wall_time_s", "tokens_per_s")  # metrics read off the clock: in timing.json and the manifest's figures
 
 
 def result_key_settings(ctx: StageContext, setting: DecodeSettings) -> dict[str, Any]:
@@ -95,10 +97,17 @@ def evaluate(ctx: StageContext, setting: DecodeSettings) -> Artifact:
         result = evaluate_setting(ctx.loaded, ctx.task, examples, setting, progress=bool(ctx.cfg.progress),
                                   references=references)
         torch.save(result["tokens"], work / "tokens.pt")
-        with open(work / "samples.jsonl", "w") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in result["rows"])
-        write_json_atomic(work / "result.json", {"setting": dataclasses.asdict(setting), "metrics": result["metrics"]})
         m = result["metrics"]
+        # what was decoded is the record; what the clock said (and where the filter lay) is kept beside it, so
+        # identical runs give identical digests and a forced identical sweep leaves the aggregate current
+        with open(work / "samples.jsonl", "w") as handle:
+            handle.writelines(json.dumps({k: v for k, v in row.items() if k != "seconds"}) + "\n"
+                              for row in result["rows"])
+        recorded = {k: v for k, v in dataclasses.asdict(setting).items() if k != "filter_path"}
+        write_json_atomic(work / "result.json", {"setting": recorded,
+                                                 "metrics": {k: v for k, v in m.items() if k not in TIMED}})
+        write_json_atomic(work / TIMING, {**{k: m[k] for k in TIMED}, "filter_path": setting.filter_path,
+                                          "sample_seconds": [row["seconds"] for row in result["rows"]]})
         log.info("sweep %s: accuracy %.3f, NFE mean %.1f, %.1f tokens/s", describe(setting), m["accuracy"],
                  m["nfe_mean"], m["tokens_per_s"])
         return {**m, "policy": setting.policy, "label": describe(setting)}
