@@ -7,7 +7,6 @@ positions that were still masked: the only ones whose acceptance changes decodin
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import lightning as L
@@ -19,9 +18,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryStatScores
 
 from models.filter import BlockFilter, FilterConfig
 from pipeline.errors import ConfigError
-from pipeline.trajectory_data import check_finite
-
-SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
+from pipeline.trajectory_data import FILTER_SPLITS, check_finite, filter_split_of
 
 
 class TrajectoryDataModule(L.LightningDataModule):
@@ -53,9 +50,9 @@ class TrajectoryDataModule(L.LightningDataModule):
         features = torch.from_numpy(selected)
         labels = torch.from_numpy(np.stack(data["label"]).astype(np.float32))
         masked = torch.from_numpy(np.stack(data["masked"]).astype(bool))
-        buckets = np.array([zlib.crc32(f"{self.seed}:{s}".encode()) % 10 for s in data["sample"]])
-        for name, allowed in SPLIT_BUCKETS.items():
-            index = torch.from_numpy(np.isin(buckets, list(allowed)))
+        splits = np.array([filter_split_of(int(s), self.seed) for s in data["sample"]])
+        for name in FILTER_SPLITS:
+            index = torch.from_numpy(splits == name)
             if not index.any():
                 raise ConfigError("trajectories.num_prompts", len(set(data["sample"])),
                                   f"too few prompts: the 80/10/10 split by prompt left {name} empty; allowed: more "

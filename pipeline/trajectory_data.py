@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 from pipeline.errors import InputError
+
+# train_filter's 80/10/10 split, by prompt: a hash of the seed and the prompt's index picks one of ten buckets
+FILTER_SPLITS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
+
+
+def filter_split_of(prompt: int, seed: int) -> str:
+    """Which of train_filter's splits a trajectory prompt falls in (every step of a prompt stays together)."""
+    bucket = zlib.crc32(f"{seed}:{prompt}".encode()) % 10
+    return next(name for name, buckets in FILTER_SPLITS.items() if bucket in buckets)
 
 
 def shard_name(index: int, count: int) -> str:

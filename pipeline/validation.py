@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import tempfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from pipeline.tasks.base import SPLITS
 from pipeline.tasks.lm_eval_files import read_task_file, scan_builtin, task_files
 from pipeline.tasks.lm_eval_task import LmEvalTask
 from pipeline.tasks.registry import build_task
+from pipeline.trajectory_data import FILTER_SPLITS, filter_split_of
 
 DEVICE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -365,15 +365,6 @@ def check_train_filter(cfg: DictConfig, multirun: bool) -> None:
         at_least(cfg, "train_filter.early_stopping_patience", 1, "an integer (or null: never stop early)")
     if tf.target_precision is not None:
         check_probability(tf.target_precision, "train_filter.target_precision")
-
-
-FILTER_SPLITS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}  # pipeline/filter_training.py
-
-
-def filter_split_of(prompt: int, seed: int) -> str:
-    """Which of train_filter's 80/10/10 splits a trajectory prompt falls in (pipeline/filter_training.py)."""
-    bucket = zlib.crc32(f"{seed}:{prompt}".encode()) % 10
-    return next(name for name, buckets in FILTER_SPLITS.items() if bucket in buckets)
 
 
 def check_filter_splits(num_prompts: int, seed: int) -> None:

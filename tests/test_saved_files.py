@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,8 @@ from pipeline.saved_files import (
     weights_problem,
 )
 from pipeline.tasks.lm_eval_task import LmEvalTask
-from pipeline.validation import FILTER_SPLITS, check_lm_eval_split, filter_split_of, validate
+from pipeline.trajectory_data import filter_split_of
+from pipeline.validation import check_filter_splits, check_lm_eval_split, validate
 from tests.standins import DREAM_OFFICIAL_CONFIG, LLADA_OFFICIAL_CONFIG, write_llada_official
 
 GiB = 2**30
@@ -182,16 +184,13 @@ def test_a_gpu_s_memory_is_read_through_its_visible_index(monkeypatch, tmp_path)
     assert weights_problem(8 * 10**11, "auto", "cuda") is None, "a GPU named by UUID: told where it loads"
 
 
-def test_the_pre_flight_splits_prompts_as_filter_training_does():
-    from pipeline.filter_training import SPLIT_BUCKETS
-
-    assert FILTER_SPLITS == SPLIT_BUCKETS
-    import zlib
-
-    for seed in (0, 7):
-        for prompt in range(50):
-            bucket = zlib.crc32(f"{seed}:{prompt}".encode()) % 10
-            assert bucket in SPLIT_BUCKETS[filter_split_of(prompt, seed)]
+def test_the_filter_split_is_80_10_10_by_prompt_and_checked_before_any_trajectory():
+    shares = Counter(filter_split_of(prompt, 0) for prompt in range(10_000))
+    assert 7_800 < shares["train"] < 8_200 and 900 < shares["val"] < 1_100 and 900 < shares["test"] < 1_100
+    assert [filter_split_of(prompt, 7) for prompt in range(20)] == [filter_split_of(prompt, 7) for prompt in range(20)]
+    with pytest.raises(ConfigError, match=r"^trajectories.num_prompts=3: too few prompts for train_filter"):
+        check_filter_splits(3, 0)
+    check_filter_splits(100, 0)
 
 
 def test_an_lm_eval_task_s_splits_are_read_from_its_yaml():
