@@ -151,13 +151,41 @@ class TrainingClock(L.Callback):
         self.seconds = float(state_dict["seconds"])
 
 
-def history_logger(folder: Path, resumed_at: int) -> L.pytorch.loggers.CSVLogger:
+class KeptHistory(L.Callback):
+    """The metric history so far, saved inside each checkpoint: Lightning's CSV writer rewrites its file in place
+    when a new metric first appears, so a kill at that moment can cut rows a resume needs; the checkpoint's copy
+    is whole."""
+
+    def __init__(self, logger: L.pytorch.loggers.CSVLogger) -> None:
+        self.logger = logger
+
+    def state_dict(self) -> dict[str, list[dict[str, str]]]:
+        self.logger.save()  # rows still buffered in the writer
+        return {"rows": read_history(Path(self.logger.log_dir) / HISTORY)}
+
+
+def kept_history(checkpoint: Path | None) -> list[dict[str, str]] | None:
+    """The history a checkpoint holds (:class:`KeptHistory`), or None without one."""
+    if checkpoint is None:
+        return None
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return saved.get("callbacks", {}).get(KeptHistory.__qualname__, {}).get("rows")
+
+
+def history_logger(folder: Path, resumed_at: int, kept: list[dict[str, str]] | None = None
+                   ) -> L.pytorch.loggers.CSVLogger:
     """Lightning's CSV logger in ``folder/logs/version_0``, keeping what earlier runs logged before global step
     ``resumed_at`` (Lightning's writer starts its file anew; the rows from that step on were logged after the
-    checkpoint a resumed run starts from, and it logs them again), so the history holds every step once."""
+    checkpoint a resumed run starts from, and it logs them again), so the history holds every step once.
+
+    The file and ``kept``, the checkpoint's copy, are both beginnings of the one history, in the order it was
+    logged: the file may be cut by a kill while Lightning rewrote it, the copy lacks the rows logged after the
+    checkpoint was written (a step's own rows come after its checkpoint). The longer one is taken."""
     logger = L.pytorch.loggers.CSVLogger(folder, name="logs", version=0)
     path = Path(logger.log_dir) / HISTORY
-    earlier = [row for row in read_history(path) if int(row["step"]) < resumed_at]
+    logged = read_history(path)
+    longer = kept if kept is not None and len(kept) > len(logged) else logged
+    earlier = [row for row in longer if int(row["step"]) < resumed_at]
     writer = logger.experiment  # made now: it deletes the earlier file
     for row in earlier:
         writer.log_metrics({k: number(v) for k, v in row.items() if k != "step" and v}, int(row["step"]))

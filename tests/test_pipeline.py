@@ -16,7 +16,7 @@ from pipeline.artifacts import ArtifactSpec, ArtifactStore
 from pipeline.plan import expand_grid
 from pipeline.stages import sweep
 from pipeline.validation import validate
-from tests.standins import write_dream_like, write_llada_like
+from tests.standins import write_dream_official, write_llada_official
 from tests.test_cli import run_cli
 from tests.wandb_reader import summary_and_history
 
@@ -26,7 +26,8 @@ EXPERIMENTS = sorted(Path(p).stem for p in glob(str(Path(__file__).parents[1] / 
 @pytest.fixture(scope="module")
 def standin_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("standins")
-    return {"llada": write_llada_like(root / "llada"), "dream": write_dream_like(root / "dream")}
+    """Tiny checkpoints in the official layout, as the experiments' native implementation reads them."""
+    return {"llada": write_llada_official(root / "llada"), "dream": write_dream_official(root / "dream")}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -210,6 +210,23 @@ def test_a_resumed_history_keeps_what_came_before_its_checkpoint_and_no_line_cut
     assert not history.exists(), "a run that starts over starts its history over"
 
 
+@pytest.mark.filterwarnings("ignore:Experiment logs directory")
+def test_a_history_cut_while_lightning_rewrote_it_is_restored_from_the_checkpoint(tmp_path):
+    """Lightning rewrites its CSV in place when a new metric appears; a kill then leaves rows out of the file. The
+    checkpoint's own copy of the history (KeptHistory) is whole, and the resume takes it."""
+    from pipeline.progress import KeptHistory, history_logger, kept_history
+
+    history = tmp_path / "logs" / "version_0" / "metrics.csv"
+    history.parent.mkdir(parents=True)
+    history.write_text("epoch,step,train/loss,val/loss\r\n0,0,0.5,\r\n0,1,0.25,\r\n")
+    logger = history_logger(tmp_path, resumed_at=2)
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"callbacks": {"KeptHistory": KeptHistory(logger).state_dict()}}, checkpoint)
+    history.write_text("epoch,step,train/loss,val/loss\r\n0,0,0.5,\r\n0,1,0.2")  # cut mid-rewrite by a kill
+    history_logger(tmp_path, resumed_at=2, kept=kept_history(checkpoint))
+    assert [row["step"] for row in read_history(history)] == ["0", "1"]
+
+
 # ---- read-only status ---------------------------------------------------------------------------------------
 
 def test_status_writes_nothing(finished, tmp_path):

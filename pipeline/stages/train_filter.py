@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from pipeline import preemption
 from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
 from pipeline.errors import InputError
-from pipeline.progress import EpochLog, FiniteTraining, bar_wanted, history_logger
+from pipeline.progress import EpochLog, FiniteTraining, KeptHistory, bar_wanted, history_logger, kept_history
 from pipeline.stages import trajectories
 from pipeline.stages.common import StageContext, cleared_if_diverged, plain, quiet_lightning
 from pipeline.tracking import tracking
@@ -133,7 +133,8 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
     if not bar:
         callbacks.append(EpochLog("train_filter", tf.max_epochs))
     last, first_step = resumable(work / "checkpoints" / "last.ckpt")
-    loggers = [history_logger(work, first_step)]
+    loggers = [history_logger(work, first_step, kept_history(last))]
+    callbacks.append(KeptHistory(loggers[0]))
     if tracker.run is not None:
         loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
     trainer = L.Trainer(

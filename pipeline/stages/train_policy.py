@@ -23,7 +23,15 @@ from pipeline import preemption
 from pipeline.artifacts import TIMING, Artifact, ArtifactSpec, code_digest, write_json_atomic
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.plan import decode_settings
-from pipeline.progress import FiniteTraining, TrainingClock, bar_wanted, history_logger, last_logged
+from pipeline.progress import (
+    FiniteTraining,
+    KeptHistory,
+    TrainingClock,
+    bar_wanted,
+    history_logger,
+    kept_history,
+    last_logged,
+)
 from pipeline.stages import train_filter
 from pipeline.stages.common import (
     DECODING_CODE,
@@ -108,7 +116,8 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
     if not bar:
         callbacks.append(UpdateLog(tp.updates))
     last, first_update = resumable(work / "checkpoints" / "last.ckpt", "train_policy", "update")
-    loggers = [history_logger(work, first_update)]
+    loggers = [history_logger(work, first_update, kept_history(last))]
+    callbacks.append(KeptHistory(loggers[0]))
     if tracker.run is not None:
         loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
     trainer = L.Trainer(
