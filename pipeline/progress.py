@@ -151,41 +151,44 @@ class TrainingClock(L.Callback):
         self.seconds = float(state_dict["seconds"])
 
 
-class KeptHistory(L.Callback):
-    """The metric history so far, saved inside each checkpoint: Lightning's CSV writer rewrites its file in place
-    when a new metric first appears, so a kill at that moment can cut rows a resume needs; the checkpoint's copy
-    is whole."""
+class StepRow(L.Callback):
+    """The training row of the step a checkpoint was written after, saved inside it. Lightning writes a step's
+    metrics only after the callbacks that save its checkpoint, so a kill in between would leave the resumed
+    history without that step; the resume writes it from here (:func:`history_logger`). One row: the per-step
+    snapshot a preemptible job takes stays as cheap as before."""
 
-    def __init__(self, logger: L.pytorch.loggers.CSVLogger) -> None:
-        self.logger = logger
+    def __init__(self, prefix: str = "train/") -> None:
+        self.prefix = prefix
 
-    def state_dict(self) -> dict[str, list[dict[str, str]]]:
-        self.logger.save()  # rows still buffered in the writer
-        return {"rows": read_history(Path(self.logger.log_dir) / HISTORY)}
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        metrics = {k: float(v) for k, v in trainer.logged_metrics.items() if k.startswith(self.prefix)}
+        checkpoint[STEP_ROW] = {"epoch": str(trainer.current_epoch), "step": str(trainer.global_step - 1),
+                                **{k: repr(v) for k, v in metrics.items()}} if metrics else None
 
 
-def kept_history(checkpoint: Path | None) -> list[dict[str, str]] | None:
-    """The history a checkpoint holds (:class:`KeptHistory`), or None without one."""
+STEP_ROW = "step_row"
+
+
+def step_row(checkpoint: Path | None) -> dict[str, str] | None:
+    """The row a checkpoint keeps (:class:`StepRow`), or None."""
     if checkpoint is None:
         return None
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    return saved.get("callbacks", {}).get(KeptHistory.__qualname__, {}).get("rows")
+    return torch.load(checkpoint, map_location="cpu", weights_only=False).get(STEP_ROW)
 
 
-def history_logger(folder: Path, resumed_at: int, kept: list[dict[str, str]] | None = None
+def history_logger(folder: Path, resumed_at: int, kept: dict[str, str] | None = None
                    ) -> L.pytorch.loggers.CSVLogger:
     """Lightning's CSV logger in ``folder/logs/version_0``, keeping what earlier runs logged before global step
     ``resumed_at`` (Lightning's writer starts its file anew; the rows from that step on were logged after the
-    checkpoint a resumed run starts from, and it logs them again), so the history holds every step once.
-
-    The file and ``kept``, the checkpoint's copy, are both beginnings of the one history, in the order it was
-    logged: the file may be cut by a kill while Lightning rewrote it, the copy lacks the rows logged after the
-    checkpoint was written (a step's own rows come after its checkpoint). The longer one is taken."""
+    checkpoint a resumed run starts from, and it logs them again), so the history holds every step once. ``kept``
+    is the checkpoint's own row of its last step (:class:`StepRow`), written where a kill left it out."""
     logger = L.pytorch.loggers.CSVLogger(folder, name="logs", version=0)
     path = Path(logger.log_dir) / HISTORY
-    logged = read_history(path)
-    longer = kept if kept is not None and len(kept) > len(logged) else logged
-    earlier = [row for row in longer if int(row["step"]) < resumed_at]
+    earlier = [row for row in read_history(path) if int(row["step"]) < resumed_at]
+    if kept is not None and int(kept["step"]) < resumed_at and not any(
+            row["step"] == kept["step"] and any(row.get(k) for k in kept if k not in ("epoch", "step"))
+            for row in earlier):
+        earlier.append(kept)
     writer = logger.experiment  # made now: it deletes the earlier file
     for row in earlier:
         writer.log_metrics({k: number(v) for k, v in row.items() if k != "step" and v}, int(row["step"]))

@@ -189,6 +189,7 @@ def test_a_resumed_policy_keeps_its_history_its_cost_and_the_uninterrupted_recor
         assert saved["global_step"] == UPDATES and figures["seconds"] == carried
     else:
         assert 0 < saved["global_step"] < UPDATES, "killed with updates to go"
+        assert saved["step_row"]["step"] == str(saved["global_step"] - 1) and "train/reward" in saved["step_row"]
     history = read_history(complete(out, "train_policy")[0] / "logs" / "version_0" / "metrics.csv")
     trained = [int(row["step"]) for row in history if row["train/reward"]]
     validated = [int(row["step"]) for row in history if row["val/reward"]]
@@ -211,20 +212,20 @@ def test_a_resumed_history_keeps_what_came_before_its_checkpoint_and_no_line_cut
 
 
 @pytest.mark.filterwarnings("ignore:Experiment logs directory")
-def test_a_history_cut_while_lightning_rewrote_it_is_restored_from_the_checkpoint(tmp_path):
-    """Lightning rewrites its CSV in place when a new metric appears; a kill then leaves rows out of the file. The
-    checkpoint's own copy of the history (KeptHistory) is whole, and the resume takes it."""
-    from pipeline.progress import KeptHistory, history_logger, kept_history
+def test_the_row_of_the_step_a_checkpoint_follows_is_written_from_the_checkpoint(tmp_path):
+    """Lightning writes a step's row after the checkpoint that follows the step; a kill in between leaves it out
+    of the file, and the resume takes it from the checkpoint (StepRow), once."""
+    from pipeline.progress import history_logger
 
     history = tmp_path / "logs" / "version_0" / "metrics.csv"
     history.parent.mkdir(parents=True)
-    history.write_text("epoch,step,train/loss,val/loss\r\n0,0,0.5,\r\n0,1,0.25,\r\n")
-    logger = history_logger(tmp_path, resumed_at=2)
-    checkpoint = tmp_path / "last.ckpt"
-    torch.save({"callbacks": {"KeptHistory": KeptHistory(logger).state_dict()}}, checkpoint)
-    history.write_text("epoch,step,train/loss,val/loss\r\n0,0,0.5,\r\n0,1,0.2")  # cut mid-rewrite by a kill
-    history_logger(tmp_path, resumed_at=2, kept=kept_history(checkpoint))
-    assert [row["step"] for row in read_history(history)] == ["0", "1"]
+    history.write_text("epoch,step,train/loss,val/loss\r\n0,0,0.5,\r\n0,0,,0.25\r\n")
+    kept = {"epoch": "0", "step": "1", "train/loss": "0.125"}
+    history_logger(tmp_path, resumed_at=2, kept=kept)
+    assert history.read_text().splitlines() == ["epoch,step,train/loss,val/loss", "0,0,0.5,", "0,0,,0.25",
+                                                "0,1,0.125,"]
+    history_logger(tmp_path, resumed_at=2, kept=kept)
+    assert len(history.read_text().splitlines()) == 4, "a row the file has is not written twice"
 
 
 # ---- read-only status ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from pipeline import preemption
 from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
 from pipeline.errors import InputError
-from pipeline.progress import EpochLog, FiniteTraining, KeptHistory, bar_wanted, history_logger, kept_history
+from pipeline.progress import EpochLog, FiniteTraining, StepRow, bar_wanted, history_logger, step_row
 from pipeline.stages import trajectories
 from pipeline.stages.common import StageContext, cleared_if_diverged, plain, quiet_lightning
 from pipeline.tracking import tracking
@@ -115,7 +115,8 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
         dirpath=work / "checkpoints", filename="last", save_top_k=1, every_n_epochs=tf.checkpoint_every_n_epochs,
         save_on_train_epoch_end=True, enable_version_counter=False,
     )
-    callbacks: list[L.Callback] = [FiniteTraining("train_filter", "epoch", {"train_filter.lr": tf.lr}), checkpoints]
+    callbacks: list[L.Callback] = [FiniteTraining("train_filter", "epoch", {"train_filter.lr": tf.lr}), StepRow(),
+                                   checkpoints]
     best = None
     if tf.early_stopping_patience is not None:  # stop when val/loss stops falling; keep the best epoch's weights
         best = L.pytorch.callbacks.ModelCheckpoint(dirpath=work / "checkpoints", filename="best", monitor="val/loss",
@@ -133,8 +134,7 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
     if not bar:
         callbacks.append(EpochLog("train_filter", tf.max_epochs))
     last, first_step = resumable(work / "checkpoints" / "last.ckpt")
-    loggers = [history_logger(work, first_step, kept_history(last))]
-    callbacks.append(KeptHistory(loggers[0]))
+    loggers = [history_logger(work, first_step, step_row(last))]
     if tracker.run is not None:
         loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
     trainer = L.Trainer(

@@ -25,12 +25,12 @@ from pipeline.decoding.settings import DecodeSettings
 from pipeline.plan import decode_settings
 from pipeline.progress import (
     FiniteTraining,
-    KeptHistory,
+    StepRow,
     TrainingClock,
     bar_wanted,
     history_logger,
-    kept_history,
     last_logged,
+    step_row,
 )
 from pipeline.stages import train_filter
 from pipeline.stages.common import (
@@ -106,7 +106,7 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
     )
     clock = TrainingClock()
     lower = {"train_policy.lr": tp.lr, "train_policy.speed_weight": tp.speed_weight}
-    callbacks: list[L.Callback] = [FiniteTraining("train_policy", "update", lower), clock, checkpoints]
+    callbacks: list[L.Callback] = [FiniteTraining("train_policy", "update", lower), clock, StepRow(), checkpoints]
     plugins = []
     snapshot = preemption.UpdateSnapshot(work / "checkpoints" / "last.ckpt")
     if preemption.in_slurm_job():  # the job wrapper owns the preemption signal (see train_filter)
@@ -116,8 +116,7 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
     if not bar:
         callbacks.append(UpdateLog(tp.updates))
     last, first_update = resumable(work / "checkpoints" / "last.ckpt", "train_policy", "update")
-    loggers = [history_logger(work, first_update, kept_history(last))]
-    callbacks.append(KeptHistory(loggers[0]))
+    loggers = [history_logger(work, first_update, step_row(last))]
     if tracker.run is not None:
         loggers.append(L.pytorch.loggers.WandbLogger(experiment=tracker.run))
     trainer = L.Trainer(
