@@ -11,6 +11,8 @@ second.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import re
@@ -283,7 +285,7 @@ LM_EVAL_SPLITS = {"train": ("training_split",), "validation": ("validation_split
 def check_lm_eval_split(task: LmEvalTask, split: str, split_setting: str) -> None:
     """The lm-eval task declares ``split``: read from its YAML (lm-eval's task config), not its data, so a
     missing split is named before any stage runs."""
-    config = lm_eval_task_config(task)
+    config = lm_eval_task_config(task.lm_eval_task, task.include_path)
     if config is None:  # defined in Python, or not found here: known when the task loads
         return
     declared = [name for name, keys in LM_EVAL_SPLITS.items() if any(config.get(key) for key in keys)]
@@ -292,21 +294,25 @@ def check_lm_eval_split(task: LmEvalTask, split: str, split_setting: str) -> Non
                                                 f"{', '.join(declared) or 'none (its YAML names no split)'}")
 
 
-def lm_eval_task_config(task: LmEvalTask) -> dict | None:
-    """The YAML config lm-eval builds ``task.lm_eval_task`` from, its includes merged, found where lm-eval's task
-    index finds it (``task.include_path`` first, then lm-eval's own tasks); None for a task no YAML file names at
-    its top level (a group's member), one defined by a Python class, or a file lm-eval cannot read (it says why
-    when it loads the task)."""
-    name = task.lm_eval_task
-    local = task_files(Path(task.include_path)) if task.include_path else []
-    for path in [*local, *sorted(Path(p) for p in scan_builtin([name])[1][name])]:
-        try:
-            config = read_task_file(path)
-        except UserError:
-            continue
-        if config.get("task") == name:
-            return None if "class" in config else config
-    return None
+@functools.cache  # each stage's *.split reads the same task: lm-eval's files are scanned once per command
+def lm_eval_task_config(name: str, include_path: str | None) -> dict | None:
+    """The YAML config lm-eval builds task ``name`` from, its includes merged, found where lm-eval's task index
+    finds it (``include_path`` first, then lm-eval's own tasks, scanned only when needed); None for a task no YAML
+    file names at its top level (a group's member), one defined by a Python class, or a file lm-eval cannot read
+    (it says why when it loads the task)."""
+    def configs(paths):
+        for path in paths:
+            with contextlib.suppress(UserError):
+                config = read_task_file(path)
+                if config.get("task") == name:
+                    yield config
+
+    def builtin():  # lm-eval's own files, scanned only when no local one names the task
+        yield from (Path(p) for p in sorted(scan_builtin([name])[1][name]))
+
+    local = task_files(Path(include_path)) if include_path else []
+    config = next(configs(local), None) or next(configs(builtin()), None)
+    return None if config is None or "class" in config else config
 
 
 def check_features(features, setting: str) -> None:
