@@ -15,6 +15,8 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from models.attention import KeySpans, attend
+
 
 class DiffusionLMConfig(PretrainedConfig):
     model_type = "tiny_mdlm"
@@ -83,29 +85,6 @@ def slice_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if attention_mask is None:
         return torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, offset : offset + input_ids.shape[1]]
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
-           past: tuple[torch.Tensor, torch.Tensor] | None, offset: int, record: BlockCache | None) -> torch.Tensor:
-    """Bidirectional attention of one call's rotated queries, keys and values [batch, heads, seq, head_dim].
-
-    ``record`` keeps this call's keys and values (before any grouped-query repeat, so a cache stays small);
-    with ``past`` they replace the cached ones at ``offset ..`` and every other key and value is the cached one.
-    Fewer key/value heads than query heads are repeated (query head h reads key/value head h // groups).
-    ``key_mask`` [batch, total] hides padding and cut positions as keys."""
-    seq = q.shape[2]
-    if record is not None:
-        record.keys.append(k)
-        record.values.append(v)
-    if past is not None:
-        k = torch.cat((past[0][:, :, :offset], k, past[0][:, :, offset + seq :]), dim=2)
-        v = torch.cat((past[1][:, :, :offset], v, past[1][:, :, offset + seq :]), dim=2)
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # broadcast over heads and queries
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # no causal mask
 
 
 @dataclass
@@ -205,7 +184,7 @@ class DiffusionLM(PreTrainedModel):
         With ``past``, ``input_ids`` are the positions ``past_offset ..`` of a sequence whose other keys and values
         come from the cache (``attention_mask`` then covers the whole sequence); ``return_cache`` records them.
         """
-        key_mask = None if attention_mask is None else attention_mask.bool()
+        key_mask = None if attention_mask is None else KeySpans.of(attention_mask)
         if position_ids is None:
             position_ids = slice_positions(input_ids, attention_mask, past_offset)
         x = self.embed(input_ids)

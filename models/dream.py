@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from models.diffusion_lm import BlockCache, RMSNorm, attend, rotary, rotate_half, slice_positions
+from models.attention import KeySpans, attend
+from models.diffusion_lm import BlockCache, RMSNorm, rotary, rotate_half, slice_positions
 from pipeline.saved_files import FieldError, check_dream_config
 
 MODEL_TYPE = "Dream"  # config.json's "model_type" for the official checkpoints
@@ -109,7 +110,7 @@ class DreamAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: KeySpans | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None = None, offset: int = 0,
                 record: BlockCache | None = None) -> torch.Tensor:
         """With ``past``, ``x`` holds positions ``offset..offset+seq``; every other key and value is the cached one."""
@@ -222,7 +223,7 @@ class DreamModel(nn.Module):
                 position_ids = torch.cat(((position_ids[:, :1] - 1).clamp(min=0), position_ids), dim=1)
         if position_ids is None:
             position_ids = slice_positions(input_ids, attention_mask, start)
-        key_mask = None if attention_mask is None else attention_mask.bool()
+        key_mask = None if attention_mask is None else KeySpans.of(attention_mask)
         x = self.model.embed_tokens(input_ids)
         cos, sin = (t.to(x.dtype) for t in rotary(position_ids, self.config.head_dim, self.config.rope_theta))
         record = DreamBlockCache(tokens=input_ids) if return_cache else None

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from models.diffusion_lm import BlockCache, RMSNorm, attend, rotary, rotate_half, slice_positions
+from models.attention import KeySpans, attend
+from models.diffusion_lm import BlockCache, RMSNorm, rotary, rotate_half, slice_positions
 from pipeline.saved_files import LLADA_SUPPORTED as SUPPORTED
-from pipeline.saved_files import FieldError, check_llada_config
+from pipeline.saved_files import FieldError, check_llada_config, llada_fields
 
 MODEL_TYPE = "llada"
 
@@ -51,7 +52,7 @@ class LLaDAConfig:
     rope_full_precision: bool = True
     rms_norm_eps: float = 1e-5
     include_qkv_bias: bool = False
-    weight_tying: bool = False
+    weight_tying: bool = True  # the official default (LLaDA-8B's config sets false)
     scale_logits: bool = False
     mask_token_id: int = 126336
     eos_token_id: int = 126081
@@ -63,9 +64,11 @@ class LLaDAConfig:
         if config.get("model_type") != MODEL_TYPE:
             raise ValueError(f"config.json: model_type={config.get('model_type')!r} is not a LLaDA model "
                              f"(expected {MODEL_TYPE!r})")
+        given, config = config, llada_fields(config)  # a field left out takes the official default
         for name, allowed in SUPPORTED.items():
-            if name in config and config[name] not in allowed:
-                raise ValueError(f"config.json: {name}={config[name]!r} is not supported by the native LLaDA "
+            if config[name] not in allowed:
+                absent = "" if name in given else " (absent from config.json, so LLaDA's official default)"
+                raise ValueError(f"config.json: {name}={config[name]!r}{absent} is not supported by the native LLaDA "
                                  f"implementation (allowed: {', '.join(map(repr, allowed))}); use "
                                  "model.implementation=remote")
         known = {f.name for f in fields(cls)}
@@ -117,7 +120,7 @@ class LLaDALlamaBlock(nn.Module):
             return (t32 * cos + rotate_half(t32) * sin).to(t.dtype)
         return t * cos.to(t.dtype) + rotate_half(t) * sin.to(t.dtype)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: KeySpans | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None, offset: int, record: BlockCache | None
                 ) -> torch.Tensor:
         c = self.config
@@ -176,7 +179,7 @@ class LLaDAModel(nn.Module):
         as keys; positions count real tokens; with ``past``, ``input_ids`` are positions ``past_offset ..`` of a
         sequence whose other keys and values come from the cache."""
         c, t = self.config, self.model.transformer
-        key_mask = None if attention_mask is None else attention_mask.bool()
+        key_mask = None if attention_mask is None else KeySpans.of(attention_mask)
         if position_ids is None:
             position_ids = slice_positions(input_ids, attention_mask, past_offset)
         x = t.wte(input_ids)

@@ -36,6 +36,10 @@ class NonFiniteError(UserError):
     """A computation produced NaN or inf where it must not: names where, and the settings to change."""
 
 
+class DecodeStall(UserError):
+    """A decode that can no longer move (a model that only predicts the mask token): names where and the fix."""
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()

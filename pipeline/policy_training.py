@@ -26,7 +26,6 @@ from pipeline.data import encode_prompt
 from pipeline.decoding.features import block_features
 from pipeline.decoding.loop import DecodeOutput, generate_batch
 from pipeline.decoding.policies import LearnedFilter, StepView
-from pipeline.decoding.schedule import top_k_mask
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.evaluation import run_decode, summarize
 from pipeline.modeling import LoadedModel
@@ -62,7 +61,7 @@ class SampledFilter(LearnedFilter):
         actions = draw.to(view.masked.device) & view.masked
         self.decisions.append(Decisions(view.rows.cpu(), features.cpu(), view.masked.cpu(), actions.cpu()))
         self.accepted = actions
-        return actions | top_k_mask(view.scores, view.masked, view.k), view.predicted
+        return actions | view.top_k(view.scores, view.masked, view.k), view.predicted
 
 
 def center_on(network: BlockFilter, threshold: float) -> BlockFilter:

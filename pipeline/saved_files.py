@@ -186,6 +186,14 @@ def check_saved_filter(folder: Path, fix: str = FILTER_FIX) -> dict:
 LLADA_SUPPORTED = {"block_type": ("llama",), "layer_norm_type": ("rms",), "activation_type": ("silu",),
                    "rope": (True,), "alibi": (False,), "include_bias": (False,), "attention_layer_norm": (False,),
                    "block_group_size": (1,), "input_emb_norm": (False,), "multi_query_attention": (None, False)}
+# What LLaDA's official configuration_llada.py (ModelConfig) takes for a field config.json leaves out. The shipped
+# checkpoints write every one; a config that omits one is read as the official code reads it, never as the native
+# implementation's own choice (and is refused where that default is one the native implementation does not compute).
+LLADA_DEFAULTS = {"block_type": "sequential", "activation_type": "swiglu", "layer_norm_type": "default", "rope": False,
+                  "alibi": False, "include_bias": False, "attention_layer_norm": False, "block_group_size": 1,
+                  "input_emb_norm": False, "multi_query_attention": None, "weight_tying": True,
+                  "embedding_size": 50304, "mlp_ratio": 4, "rope_theta": 10000.0, "rope_full_precision": True,
+                  "rms_norm_eps": 1e-05, "include_qkv_bias": False, "scale_logits": False}
 NATIVE_TYPES = ("llada", "Dream")  # config.json's model_type of each native class (models/checkpoint.py NATIVE)
 TOKEN_FIELDS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
 # The placeholder tokenizer of random weights gives these characters the first ids (models/tokenizer.py)
@@ -200,11 +208,18 @@ def check_native_config(config: dict) -> None:
     (check_llada_config if config["model_type"] == "llada" else check_dream_config)(config)
 
 
+def llada_fields(config: dict) -> dict:
+    """An official LLaDA ``config.json`` with every field it leaves out at the official default."""
+    return {**LLADA_DEFAULTS, **config}
+
+
 def check_llada_config(config: dict) -> None:
+    given, config = config, llada_fields(config)
     for name, allowed in LLADA_SUPPORTED.items():
-        if name in config and config[name] not in allowed:
+        if config[name] not in allowed:
+            absent = "" if name in given else " (absent from config.json: LLaDA's configuration_llada.py default)"
             raise FieldError(name, config[name], f"allowed: {', '.join(json.dumps(a) for a in allowed)} (the native "
-                                                 "LLaDA implementation computes no other)")
+                                                 f"LLaDA implementation computes no other){absent}")
     width, heads = integer(config, "d_model"), integer(config, "n_heads")
     integer(config, "n_layers")
     vocab_size = integer(config, "vocab_size")
@@ -219,7 +234,9 @@ def check_llada_config(config: dict) -> None:
     even_heads("n_heads", "d_model", width, heads)
     divides("n_kv_heads", config.get("n_kv_heads") or heads, "n_heads", heads)
     if (config.get("embedding_size") or vocab_size) < vocab_size:
-        raise FieldError("embedding_size", config["embedding_size"], f"allowed: at least vocab_size ({vocab_size})")
+        absent = "" if "embedding_size" in given else " (absent from config.json: LLaDA's official default)"
+        raise FieldError("embedding_size", config["embedding_size"],
+                         f"allowed: at least vocab_size ({vocab_size}){absent}")
     token_ids(config, TOKEN_FIELDS, vocab_size)
 
 
@@ -250,6 +267,7 @@ def check_dream_config(config: dict) -> None:
 def native_tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape of the native model a (checked) config builds, under the official names."""
     if config["model_type"] == "llada":
+        config = llada_fields(config)
         d, heads = config["d_model"], config["n_heads"]
         kv = (config.get("n_kv_heads") or heads) * (d // heads)
         hidden = config.get("mlp_hidden_size") or (config.get("mlp_ratio") or 4) * d
@@ -264,7 +282,7 @@ def native_tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
                        at + "ff_out.weight": (d, hidden)}
             if bias:
                 shapes |= {at + "q_proj.bias": (d,), at + "k_proj.bias": (kv,), at + "v_proj.bias": (kv,)}
-        if not config.get("weight_tying", False):
+        if not config["weight_tying"]:
             shapes["model.transformer.ff_out.weight"] = (table, d)
         return shapes
     h, heads, mlp = config["hidden_size"], config["num_attention_heads"], config["intermediate_size"]
@@ -294,7 +312,7 @@ def parameter_count(config: dict) -> int:
 def largest_size(config: dict) -> str:
     """The size field behind most of a (checked) config's parameters: the vocabulary's or the layers' count."""
     llada = config["model_type"] == "llada"
-    vocabulary = "embedding_size" if llada and config.get("embedding_size") else "vocab_size"
+    vocabulary = "embedding_size" if llada and llada_fields(config)["embedding_size"] else "vocab_size"
     shapes = native_tensor_shapes(config)
     tables = sum(math.prod(shapes[name]) for name in VOCABULARY_TENSORS if name in shapes)
     if 2 * tables > sum(math.prod(shape) for shape in shapes.values()):

@@ -26,7 +26,9 @@ def official(tmp_path_factory) -> Path:
 
 def test_the_parameters_carry_the_official_names():
     model = LLaDAModel(LLaDAConfig.from_dict({"model_type": "llada", "d_model": 8, "n_heads": 2, "n_layers": 1,
-                                              "vocab_size": 10, "max_sequence_length": 32, "mlp_hidden_size": 12}))
+                                              "vocab_size": 10, "max_sequence_length": 32, "mlp_hidden_size": 12,
+                                              "block_type": "llama", "activation_type": "silu", "rope": True,
+                                              "layer_norm_type": "rms", "weight_tying": False, "embedding_size": 10}))
     block = [f"model.transformer.blocks.0.{name}.weight" for name in
              ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj", "up_proj", "ff_out")]
     assert sorted(model.state_dict()) == sorted(["model.transformer.wte.weight", "model.transformer.ln_f.weight",

@@ -40,7 +40,8 @@ from tests.standins import DREAM_OFFICIAL_CONFIG, LLADA_OFFICIAL_CONFIG, write_l
 
 GiB = 2**30
 LLADA_SMALL = {"model_type": "llada", "d_model": 16, "n_heads": 4, "n_layers": 2, "vocab_size": 50,
-               "max_sequence_length": 64, "mlp_hidden_size": 24}
+               "max_sequence_length": 64, "mlp_hidden_size": 24, "block_type": "llama", "activation_type": "silu",
+               "layer_norm_type": "rms", "rope": True, "weight_tying": False, "embedding_size": 50}
 DREAM_SMALL = {"model_type": "Dream", "hidden_size": 16, "num_attention_heads": 4, "num_hidden_layers": 2,
                "intermediate_size": 24, "vocab_size": 50}
 
@@ -98,6 +99,34 @@ def test_the_native_types_and_the_placeholder_ids_are_the_classes_own():
 def test_the_llada_class_refuses_what_the_pre_flight_refuses(change, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         LLaDAConfig.from_dict({**LLADA_SMALL, **change})
+
+
+@pytest.mark.parametrize("field,default", [("block_type", "sequential"), ("activation_type", "swiglu"),
+                                           ("layer_norm_type", "default"), ("rope", False)])
+def test_a_llada_field_left_out_is_the_official_default_and_refused_in_one_line(field, default):
+    """LLaDA's configuration_llada.py fills a field config.json leaves out; read any other way, the model would be
+    a different network than the official code builds from the same files."""
+    config = {k: v for k, v in LLADA_SMALL.items() if k != field}
+    message = f"{field}={json.dumps(default)}: allowed:"
+    with pytest.raises(saved_files.FieldError, match=message) as refused:
+        saved_files.check_native_config(config)
+    assert "absent from config.json" in str(refused.value)
+    with pytest.raises(ValueError, match="absent from config.json"):
+        LLaDAConfig.from_dict(config)
+
+
+def test_a_llada_config_without_weight_tying_or_embedding_size_reads_them_as_the_official_code():
+    """Tied output weights and 50,304 embedding rows are the official defaults: the tied model has no separate
+    output table, and a vocabulary above 50,304 without an embedding_size is refused, as the official code would
+    fail on it."""
+    untied = {k: v for k, v in LLADA_SMALL.items() if k != "weight_tying"}
+    assert LLaDAConfig.from_dict(untied).weight_tying
+    assert "model.transformer.ff_out.weight" not in native_tensor_shapes(untied)
+    sized = {k: v for k, v in LLADA_SMALL.items() if k != "embedding_size"}
+    assert native_tensor_shapes(sized)["model.transformer.wte.weight"] == (50304, 16)
+    with pytest.raises(saved_files.FieldError, match="embedding_size=50304: allowed: at least vocab_size"):
+        saved_files.check_native_config({**sized, "vocab_size": 60000})
+
 
 
 @pytest.mark.parametrize("change,message", [

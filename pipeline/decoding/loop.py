@@ -17,9 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.decoding.policies import Policy, StepView
-from pipeline.decoding.schedule import dream_count, dream_share, gumbel_argmax, top_k_mask, vanilla_schedule
+from pipeline.decoding.ranking import Ranker, ReferenceRanker
+from pipeline.decoding.schedule import dream_count, dream_share, gumbel_argmax, vanilla_schedule
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.errors import ConfigError, NonFiniteError
+from pipeline.errors import ConfigError, DecodeStall, NonFiniteError
 
 
 @dataclass
@@ -94,6 +95,7 @@ def generate_batch(
         x[i, : prompt_len - len(prompt)] = eos_id
         attention[i, prompt_len - len(prompt) : prompt_len] = True
     positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
+    pads = [prompt_len - len(p) for p in prompts]
     seq_end = torch.full((n,), total, dtype=torch.long, device=device)  # EoTP cut per sample
     nfe = torch.zeros(n, dtype=torch.long)
     policy.prepare(n, references)
@@ -103,7 +105,9 @@ def generate_batch(
 
     columns = torch.arange(total, device=device)
     # keys need hiding only behind left padding or an EoTP cut; without either the model runs unmasked (faster)
-    masked_keys = settings.eotp or any(len(p) < prompt_len for p in prompts)
+    masked_keys = settings.eotp or any(pads)
+    reference = settings.ranking_precision != "float32"  # positions chosen as the references choose them
+    published_cut = settings.eotp and settings.eotp_rule == "learn2pd"
     for block in range(settings.num_blocks):
         start = prompt_len + block * width
         mask_count = (x[:, start : start + width] == mask_id).sum(-1)
@@ -112,6 +116,7 @@ def generate_batch(
         schedule = vanilla_schedule(mask_count, steps)
         history = StepHistory(n, width, device) if track_history or policy.uses_history else None
         step = 0
+        idle = torch.zeros(n, dtype=torch.long, device=device)  # steps in a row a sample's block did not move
         while True:
             rows = (x[:, start : start + width] == mask_id).any(-1).nonzero().squeeze(-1)
             if rows.numel() == 0 or (not policy.adaptive and step >= steps):
@@ -133,14 +138,19 @@ def generate_batch(
                 raw = out.logits[:, :width]
                 ahead, ahead_from = out.logits, start
             logits = raw.to(torch.float32, copy=True)  # a copy: raw (and EoTP's view ahead) keep the mask's logit
-            logits[..., mask_id] = float("-inf")  # committing the mask token itself would stall the block
+            if settings.mask_token == "excluded":  # the project's rule: a block always fills
+                logits[..., mask_id] = float("-inf")
             nfe[rows.cpu()] += 1
             block_tokens = x[rows, start : start + width]
             masked = block_tokens == mask_id
             predicted = gumbel_argmax(logits, settings.temperature, generator)
+            if reference and settings.schedule == "dream" and settings.temperature == 0:  # Dream: probs.max
+                predicted = torch.softmax(logits.to(ranking_dtype(settings, raw)), dim=-1).argmax(-1)
             probs = torch.softmax(logits, dim=-1)
             confidence = probs.gather(-1, predicted[..., None]).squeeze(-1)
             scores = ranking_scores(settings, raw, probs, predicted, generator)
+            if reference and settings.remasking == "low_confidence":  # what the references' filters read
+                confidence = scores.float()
             if settings.remasking == "origin":  # each masked position independently, as its score fell
                 k = (masked & (1 - scores < dream_share(step, steps))).sum(-1).clamp(min=int(policy.adaptive))
             elif settings.schedule == "dream":
@@ -148,17 +158,24 @@ def generate_batch(
             else:
                 k = schedule[rows, min(step, steps - 1)].clamp(min=int(policy.adaptive))
             kl, unchanged = history.update(rows, logits, predicted) if history is not None else (None, None)
+            seq_end_rows = seq_end[rows]
+            cut = (columns[None, start : start + width] >= seq_end_rows[:, None]) if published_cut else None
+            ranker = Ranker() if not reference else reference_ranker(
+                settings, step, rows, pads, start, width, seq_end_rows)
             view = StepView(logits, predicted, confidence, scores, masked, k, rows, block, start - prompt_len, step,
-                            ends, kl, unchanged)
+                            ends, kl, unchanged, ranker, cut)
             check_finite(scores + confidence, masked, raw.dtype, block, step)  # finite iff both are
             commit, tokens = policy.select(view)
             commit &= masked
             if policy.adaptive:  # every step commits, so a block ends within its length whatever the rule says
                 commit, tokens = at_least_one(commit, tokens, view)
+                if settings.mask_token == "included":  # committing the mask token itself moves nothing
+                    idle[rows] = torch.where((commit & (tokens != mask_id)).any(-1), 0, idle[rows] + 1)
+                    check_stall(idle, width, block)
             refs = None if references is None else references[rows]
             if settings.eotp and settings.eotp_rule == "learn2pd":  # chosen before the commit, as published
                 official_end = _learn2pd_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, eos_id, mask_id,
-                                             refs, policy.accepted, predicted)
+                                             refs, policy.accepted, predicted, settings)
             x[rows, start : start + width] = torch.where(commit, tokens, block_tokens)
             if observer is not None:
                 observer(view, commit)
@@ -189,8 +206,36 @@ def at_least_one(commit: torch.Tensor, tokens: torch.Tensor, view: StepView) -> 
     """Rows where an adaptive rule committed nothing take the schedule's top-k (at least one) of their predicted
     tokens. The published rules always commit one; this keeps any other from stalling a block forever."""
     idle = ~commit.any(-1)  # no host sync: the fallback is computed for every row and kept where idle
-    fallback = top_k_mask(view.scores, view.masked, view.k.clamp(min=1)) & idle[:, None]
+    fallback = view.top_k(view.scores, view.masked, view.k.clamp(min=1)) & idle[:, None]
     return commit | fallback, torch.where(fallback, view.predicted, tokens)
+
+
+def check_stall(idle: torch.Tensor, width: int, block: int) -> None:
+    """With ``mask_token=included`` (the references' argmax), a model that keeps predicting the mask token commits
+    nothing real; the references' ``while`` loops then never end. More steps without progress than the block has
+    positions is such a stall: stop with one line instead."""
+    if bool((idle > width).any()):
+        raise DecodeStall(f"the model predicted only the mask token for {width + 1} steps in a row at block {block}, "
+                          "so the block cannot fill (the references would loop forever here); decode with "
+                          "decode.mask_token=excluded (the project's rule: the mask token is never committed)")
+
+
+def reference_ranker(settings: DecodeSettings, step: int, rows: torch.Tensor, pads: list[int], start: int,
+                     width: int, seq_end: torch.Tensor) -> ReferenceRanker:
+    """Where the block sits in the tensor a reference ranks, per active sample, as that sample alone: the whole
+    sequence on a full pass (LLaDA, Dream, Fast-dLLM's first step of a block), from the block's start to the
+    sequence's end on Fast-dLLM's prefix-cache steps, the block itself on its dual-cache steps."""
+    ends, pad = seq_end.tolist(), [pads[r] for r in rows.tolist()]
+    if step == 0 or settings.cache == "none":
+        return ReferenceRanker([start - p for p in pad], [e - p for e, p in zip(ends, pad)])
+    if settings.cache == "prefix":
+        return ReferenceRanker([0] * len(ends), [e - start for e in ends])
+    return ReferenceRanker([0] * len(ends), [width] * len(ends))
+
+
+def ranking_dtype(settings: DecodeSettings, raw: torch.Tensor) -> torch.dtype:
+    """The dtype a step's softmax is ranked in: float32 (the project's), the model's own, or float64."""
+    return {"float32": torch.float32, "model": raw.dtype, "float64": torch.float64}[settings.ranking_precision]
 
 
 def ranking_scores(settings: DecodeSettings, raw: torch.Tensor, probs: torch.Tensor, predicted: torch.Tensor,
@@ -208,7 +253,7 @@ def ranking_scores(settings: DecodeSettings, raw: torch.Tensor, probs: torch.Ten
         draw = torch.rand(predicted.shape, device=predicted.device, generator=generator)
         return draw if settings.remasking == "random" else 1 - draw
     if settings.ranking_precision != "float32":
-        probs = torch.softmax(raw if settings.ranking_precision == "model" else raw.double(), dim=-1)
+        probs = torch.softmax(raw.to(ranking_dtype(settings, raw)), dim=-1)
     if settings.remasking == "margin":
         top2 = probs.topk(2, dim=-1).values
         return top2[..., 0] - top2[..., 1]
@@ -242,23 +287,31 @@ class StepHistory:
 
 
 def _learn2pd_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, eos_id, mask_id, references, accepted,
-                  predicted) -> tuple[torch.Tensor, torch.Tensor]:
+                  predicted, settings: DecodeSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """Learn2PD's published EoTP rule (``generate_predict_eot`` / ``generate_l2p_eot`` in the official
     ``llada/generate.py``), read before the step's commit: among positions still masked from the current block on
     whose prediction is end-of-text (``eos_id`` only, not end-of-turn), the most confident; with the filter, the
     first block position it accepted predicting end-of-text takes precedence. Returns (has an end, its position).
 
+    Without a cache the search runs to the window's end; Learn2PD's cached code (``generate_with_prefix_cache``)
+    looks in the current block only, and so does this with ``cache=prefix``. The candidates' confidences are the
+    softmax in the ranking precision (the references': the model's dtype, or float64 under a cache), whose
+    ``argmax`` takes the first of equal ones as theirs does.
+
     With reference outputs (the oracle), only positions where the reference also ends the text qualify.
     """
     first, stop = max(start, ahead_from), ahead_from + ahead.shape[1]
-    window = ahead[:, first - ahead_from :]  # in the model's dtype: only the candidates' rows are widened below
+    if settings.cache != "none":
+        stop = min(stop, start + predicted.shape[1])
+    window = ahead[:, first - ahead_from : stop - ahead_from]  # model dtype; candidates widened below
     positions = torch.arange(first, stop, device=x.device)[None, :]
     candidates = (x[rows, first:stop] == mask_id) & (window.argmax(-1) == eos_id) & (positions < seq_end[rows, None])
     if references is not None:
         candidates &= references[:, first - prompt_len : stop - prompt_len] == eos_id
-    confidence = torch.full(candidates.shape, -1.0, device=x.device)
+    precision = ranking_dtype(settings, window)
+    confidence = torch.full(candidates.shape, -1.0, device=x.device, dtype=precision)
     row, col = candidates.nonzero(as_tuple=True)  # a softmax as the official code takes it (ties break alike)
-    confidence[row, col] = torch.softmax(window[row, col].float(), dim=-1)[:, eos_id]
+    confidence[row, col] = torch.softmax(window[row, col].to(precision), dim=-1)[:, eos_id]
     best = first + confidence.argmax(-1)
     has = candidates.any(-1)
     if accepted is not None:  # generate_l2p_eot: the filter's own end-of-text acceptances come first

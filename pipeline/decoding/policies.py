@@ -7,13 +7,13 @@ the tokens to write there. The loop in :mod:`pipeline.decoding.loop` is the same
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from pipeline.decoding.features import HISTORY_FEATURES, block_features
-from pipeline.decoding.schedule import top_k_mask
+from pipeline.decoding.ranking import Ranker
 from pipeline.decoding.settings import FACTOR_RULES, DecodeSettings, check_probability
 from pipeline.errors import ConfigError, InputError, UserError, first_line
 
@@ -36,6 +36,16 @@ class StepView:
     # With step history (policies and features that read it): how the prediction moved since the previous step.
     kl: torch.Tensor | None = None  # [n, B] KL(previous || current) of each position's distribution; inf at step 0
     unchanged: torch.Tensor | None = None  # [n, B] consecutive steps the predicted token has stayed the same
+    ranker: Ranker = field(default_factory=Ranker)  # how ties break: the project's rule or the references'
+    cut: torch.Tensor | None = None  # [n, B] positions past the sequence's EoTP cut (Learn2PD's filter sees zeros)
+
+    def top_k(self, scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Per row, the ``k[row]`` best eligible positions, ties broken by this decode's ranking rule."""
+        return self.ranker.top_k(scores, eligible, k)
+
+    def first(self, scores: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+        """Per row, the single best eligible position (the one a threshold rule always commits)."""
+        return self.ranker.first(scores, eligible)
 
 
 class Policy(ABC):
@@ -61,7 +71,7 @@ class Vanilla(Policy):
     adaptive = False
 
     def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
-        return top_k_mask(view.scores, view.masked, view.k), view.predicted
+        return view.top_k(view.scores, view.masked, view.k), view.predicted
 
 
 class Threshold(Policy):
@@ -75,7 +85,7 @@ class Threshold(Policy):
 
     def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
         above = view.masked & (view.scores >= self.threshold)
-        return above | top_k_mask(view.scores, view.masked, torch.ones_like(view.k)), view.predicted
+        return above | view.first(view.scores, view.masked), view.predicted
 
 
 class Factor(Policy):
@@ -105,7 +115,7 @@ class Factor(Policy):
         if self.rule == "reference":
             masked = view.masked.sum(dim=-1)
             count = torch.where(count == masked - 1, masked, count)
-        return top_k_mask(view.scores, view.masked, count), view.predicted
+        return view.top_k(view.scores, view.masked, count), view.predicted
 
 
 class ExtremelyGreedy(Policy):
@@ -129,7 +139,7 @@ class ExtremelyGreedy(Policy):
         width = view.masked.shape[1]
         reference = self.references[view.rows, view.block_start : view.block_start + width].to(view.masked.device)
         matches = view.masked & (view.predicted == reference)
-        fallback = top_k_mask(view.scores, view.masked, torch.ones_like(view.k)) & ~matches.any(-1, keepdim=True)
+        fallback = view.first(view.scores, view.masked) & ~matches.any(-1, keepdim=True)
         return matches | fallback, reference
 
 
@@ -150,10 +160,12 @@ class LearnedFilter(Policy):
     @torch.no_grad()
     def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
         features = block_features(view, self.features, self.steps_per_block)
+        if view.cut is not None:  # Learn2PD's filter reads a block cut short as zero padding
+            features = features.masked_fill(view.cut[..., None], 0.0)
         if self.param is not None:
             features = features.to(device=self.param.device, dtype=self.param.dtype)
         accept = torch.sigmoid(self.network(features).float()).to(view.masked.device) > self.threshold
-        scheduled = top_k_mask(view.scores, view.masked, view.k)
+        scheduled = view.top_k(view.scores, view.masked, view.k)
         self.accepted = view.masked & accept  # the filter's own choice, before the schedule's (read by EoTP)
         return self.accepted | scheduled, view.predicted
 
@@ -185,7 +197,7 @@ class EntropyBounded(Policy):
         total = torch.where(finite, ordered, 0).cumsum(-1)
         largest = torch.where(finite, ordered, 0).cummax(-1).values
         count = ((total - largest <= self.gamma) & finite).long().cumprod(-1).sum(-1).clamp(min=1)
-        return top_k_mask(-ranked, view.masked, count), view.predicted
+        return view.top_k(-ranked, view.masked, count), view.predicted
 
 
 class StableConfidence(Policy):
@@ -204,7 +216,7 @@ class StableConfidence(Policy):
 
     def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
         stable = (view.scores >= self.threshold) & (view.kl <= self.kl_bound) & (view.unchanged >= 1)
-        return (view.masked & stable) | top_k_mask(view.scores, view.masked, view.k), view.predicted
+        return (view.masked & stable) | view.top_k(view.scores, view.masked, view.k), view.predicted
 
 
 def policy_classes() -> dict[str, type[Policy]]:

@@ -1,5 +1,6 @@
 """An independent, plain re-statement of LLaDA's reference ``generate`` (batch size 1, no padding, low-confidence
-remasking at temperature 0), written from the published algorithm line by line and without the project's helpers.
+remasking at temperature 0), written from the published algorithm line by line and without the project's helpers:
+the argmax over the whole vocabulary and the softmax in the model's own dtype, as LLaDA's ``generate.py`` takes them.
 
 The tests check the engine's vanilla policy against it token for token, and ``stage=benchmark`` with
 ``benchmark.reference=true`` times it beside the engine.
@@ -31,7 +32,7 @@ def llada_generate(model, prompt: list[int], gen_length: int, block_length: int,
             logits = model(x).logits[0]
             forwards += 1
             predicted = logits.argmax(-1)
-            prob = F.softmax(logits.float(), dim=-1).gather(-1, predicted[:, None]).squeeze(-1)
+            prob = F.softmax(logits, dim=-1).gather(-1, predicted[:, None]).squeeze(-1)  # in the model's dtype
             prob[block_end:] = float("-inf")
             confidence = torch.where(is_mask, prob, torch.tensor(float("-inf"), device=device))
             chosen = torch.topk(confidence, counts[i]).indices

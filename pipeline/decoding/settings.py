@@ -37,6 +37,7 @@ SCHEDULES = ("llada", "dream")
 CACHES = ("none", "prefix", "dual")
 FACTOR_RULES = ("paper", "reference")
 EOTP_RULES = ("committed", "learn2pd", "learn2pd_filled")
+MASK_TOKEN = ("excluded", "included")
 
 
 @dataclass
@@ -50,6 +51,8 @@ class DecodeSettings:
     #                                    | origin (Dream's: each masked position by chance, 1 - s/t of its grid)
     ranking_precision: str = "float32"  # the ranking softmax: float32 (mask token excluded) | model (the model's
     #                                     dtype, whole vocabulary: LLaDA's generate) | float64 (Fast-dLLM's)
+    mask_token: str = "excluded"  # excluded (the project's rule: never predicted, so a block always fills) |
+    #                               included (the references' argmax over the whole vocabulary)
     schedule: str = "llada"  # tokens per step: llada (m // steps, remainder first) | dream (Dream's time grid)
     eotp: bool = False
     eotp_rule: str = "committed"  # committed | learn2pd (the published rule) | learn2pd_filled (its repair)
@@ -100,7 +103,8 @@ class DecodeSettings:
         rule = ("eotp_rule",) if self.eotp and self.eotp_rule != "committed" else ()  # old keys stay valid
         schedule = ("schedule",) if self.schedule != "llada" else ()
         precision = ("ranking_precision",) if self.ranking_precision != "float32" else ()
-        return {k: getattr(self, k) for k in (*loop, *rule, *schedule, *precision,
+        mask = ("mask_token",) if self.mask_token != "excluded" else ()
+        return {k: getattr(self, k) for k in (*loop, *rule, *schedule, *precision, *mask,
                                               *POLICY_PARAMETERS.get(self.policy, ()))}
 
     def validate(self, prefix: str = "decode") -> DecodeSettings:
@@ -128,6 +132,14 @@ class DecodeSettings:
         if self.ranking_precision not in RANKING_PRECISIONS:
             raise ConfigError(f"{prefix}.ranking_precision", self.ranking_precision,
                               f"allowed: {', '.join(RANKING_PRECISIONS)}")
+        if self.mask_token not in MASK_TOKEN:
+            raise ConfigError(f"{prefix}.mask_token", self.mask_token, f"allowed: {', '.join(MASK_TOKEN)}")
+        if self.eotp and self.eotp_rule == "learn2pd" and self.cache == "dual":
+            raise ConfigError(f"{prefix}.cache", self.cache,
+                              "with eotp_rule=learn2pd reproduces no decoder this project follows (Learn2PD's "
+                              "generate_with_dual_cache keeps the keys of cut positions); allowed with learn2pd: none "
+                              "(generate_predict_eot, generate_l2p_eot), prefix (generate_with_prefix_cache); or "
+                              "eotp_rule=committed|learn2pd_filled with cache=dual")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"{prefix}.schedule", self.schedule, f"allowed: {', '.join(SCHEDULES)}")
         if "threshold" in POLICY_PARAMETERS[self.policy] and not (self.learned and self.threshold is None):

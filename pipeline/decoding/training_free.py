@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.decoding.policies import Policy, StepView
-from pipeline.decoding.schedule import top_k_mask
 from pipeline.decoding.settings import check_probability
 from pipeline.errors import ConfigError, NonFiniteError
 
@@ -35,7 +34,7 @@ class LocalLeap(Policy):
         confident = view.masked & (view.scores >= self.threshold)
         near = F.max_pool1d(confident.float()[:, None], 2 * self.radius + 1, stride=1, padding=self.radius)[:, 0] > 0
         relaxed = near & (view.scores >= self.relaxed)
-        best = top_k_mask(view.scores, view.masked, torch.ones_like(view.k))
+        best = view.first(view.scores, view.masked)
         return view.masked & (confident | relaxed) | best, view.predicted
 
 
@@ -119,5 +118,5 @@ class Prophet(Policy):
         bar = next(value for limit, value in PROPHET_GAPS if progress < limit or limit == 1.0)
         fired = self.fired.to(view.rows.device)[view.rows] | (mean_gap >= bar)
         self.fired[view.rows.cpu()] = fired.cpu()
-        scheduled = top_k_mask(view.scores, view.masked, view.k)
+        scheduled = view.top_k(view.scores, view.masked, view.k)
         return torch.where(fired[:, None], view.masked, scheduled), view.predicted
