@@ -30,7 +30,11 @@ class KeySpans:
 
     @classmethod
     def of(cls, attention_mask: torch.Tensor) -> KeySpans:
+        """Runs for inference; training (gradients on) keeps one masked call: a gradient step does not need a
+        row's rounding to ignore its neighbours, and a padded training batch of many lengths would split apart."""
         mask = attention_mask.bool()
+        if torch.is_grad_enabled():
+            return cls(mask, None)
         total = mask.shape[1]
         lo = mask.long().argmax(-1)
         hi = total - mask.flip(-1).long().argmax(-1)

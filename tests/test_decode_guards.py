@@ -9,7 +9,7 @@ import torch
 from pipeline.decoding.loop import decode
 from pipeline.decoding.policies import Policy, StepView, build_policy
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.errors import ConfigError, NonFiniteError
+from pipeline.errors import ConfigError, DecodeStall, NonFiniteError
 from tests.test_cli import MICRO, run_cli
 from tests.test_decoding import EOS, MASK, prompts_for
 
@@ -44,6 +44,30 @@ def test_non_finite_logits_stop_the_decode_naming_where(micro_model, tokenizer):
         handle.remove()
 
 
+def test_a_model_that_predicts_only_the_mask_token_stalls_in_one_line_when_it_may_be_committed(micro_model, tokenizer):
+    """``mask_token=included`` commits the references' argmax, the mask token too; a model that only predicts it
+    would loop forever under an adaptive rule (as the references' ``while`` loops do). Excluded, it decodes."""
+    def mask_wins(module, inputs, logits):
+        logits = logits.clone()
+        logits[..., MASK] = 1e4
+        return logits
+
+    handle = micro_model.lm_head.register_forward_hook(mask_wins)
+    try:
+        settings = DecodeSettings(policy="threshold", gen_length=8, block_length=8, batch_size=2,
+                                  mask_token="included")
+        with pytest.raises(DecodeStall, match="predicted only the mask token for 9 steps in a row at block 0"):
+            decode(micro_model, prompts_for(tokenizer, 2), build_policy(settings), settings, MASK, EOS)
+        vanilla = settings.replace(policy="vanilla")
+        left = decode(micro_model, prompts_for(tokenizer, 2), build_policy(vanilla), vanilla, MASK, EOS).tokens
+        assert (left == MASK).all(), "a fixed schedule ends its steps with the mask committed, as LLaDA's generate"
+        excluded = settings.replace(mask_token="excluded")
+        out = decode(micro_model, prompts_for(tokenizer, 2), build_policy(excluded), excluded, MASK, EOS).tokens
+        assert (out != MASK).all()
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("changes,setting", [
     ({"credit_beta": 1e300}, "decode.credit_beta"),
     ({"credit_beta": 1e3, "block_length": 64, "gen_length": 64}, "decode.credit_beta"),
@@ -67,6 +91,9 @@ def test_credit_settings_inside_float32_are_kept():
     (["sweep.grid=[{policy: credit, credit_beta: 1e30}]"], "sweep.grid[0].credit_beta=1e+30"),
     (["decode=local_leap", "decode.relaxed_threshold=0.95"],
      "decode.relaxed_threshold=0.95: above decode.threshold (0.9)"),
+    (["decode.mask_token=sometimes"], "decode.mask_token=sometimes: allowed: excluded, included"),
+    (["decode.eotp=true", "decode.eotp_rule=learn2pd", "decode.cache=dual"],
+     "decode.cache=dual: with eotp_rule=learn2pd reproduces no decoder"),
 ])
 def test_the_command_line_refuses_them_in_one_line(tmp_path, args, message):
     result = run_cli(MICRO, f"output_dir={tmp_path}", *args)
