@@ -239,6 +239,13 @@ def view_of(confidence: list[float]) -> StepView:
                     torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), 0, 0, 0)
 
 
+def test_the_eotp_rules_and_the_settings_agree():
+    from pipeline.decoding.eotp import RULES
+    from pipeline.decoding.settings import EOTP_RULES
+
+    assert tuple(RULES) == EOTP_RULES
+
+
 def test_the_threshold_keeps_confidences_equal_to_it_as_fast_dllm_does():
     commit, _ = Threshold(0.5).select(view_of([0.5, 0.25, 0.75, 0.4999]))
     assert commit.tolist() == [[True, False, True, False]]

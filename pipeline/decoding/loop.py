@@ -2,9 +2,9 @@
 
 A batch of left-padded prompts is followed by ``gen_length`` mask tokens. Blocks are decoded left to right;
 at each step the samples that still have masks in the current block run one forward pass (one NFE each), the
-policy picks positions to commit, and an optional observer sees the step. With EoTP, once an end-of-text token
-is committed every later position becomes end-of-text and the sample's sequence is cut there, so later forward
-passes are shorter and finished samples drop out of the batch.
+policy picks positions to commit, and an optional observer sees the step. With EoTP an end rule
+(:mod:`pipeline.decoding.eotp`) cuts a sample's sequence once its text has ended: later positions become
+end-of-text, later forward passes are shorter and finished samples drop out of the batch.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.decoding.eotp import Sequences, Step, build_end_rule
 from pipeline.decoding.policies import Policy, StepView
-from pipeline.decoding.ranking import Ranker, ReferenceRanker
+from pipeline.decoding.ranking import Ranker, ReferenceRanker, ranking_dtype
 from pipeline.decoding.schedule import dream_count, dream_share, gumbel_argmax, vanilla_schedule
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.errors import ConfigError, DecodeStall, NonFiniteError
@@ -101,13 +102,14 @@ def generate_batch(
     policy.prepare(n, references)
     steps = settings.steps_per_block
     ends = torch.tensor(sorted({eos_id, *end_ids}), device=device)
+    end_rule = build_end_rule(settings)
+    seqs = Sequences(x, seq_end, prompt_len, eos_id, mask_id, ends)
     forward = clock or ForwardClock(device)
 
     columns = torch.arange(total, device=device)
     # keys need hiding only behind left padding or an EoTP cut; without either the model runs unmasked (faster)
-    masked_keys = settings.eotp or any(pads)
+    masked_keys = end_rule.cuts or any(pads)
     reference = settings.ranking_precision != "float32"  # positions chosen as the references choose them
-    published_cut = settings.eotp and settings.eotp_rule == "learn2pd"
     for block in range(settings.num_blocks):
         start = prompt_len + block * width
         mask_count = (x[:, start : start + width] == mask_id).sum(-1)
@@ -159,7 +161,7 @@ def generate_batch(
                 k = schedule[rows, min(step, steps - 1)].clamp(min=int(policy.adaptive))
             kl, unchanged = history.update(rows, logits, predicted) if history is not None else (None, None)
             seq_end_rows = seq_end[rows]
-            cut = (columns[None, start : start + width] >= seq_end_rows[:, None]) if published_cut else None
+            cut = (columns[None, start : start + width] >= seq_end_rows[:, None]) if end_rule.pads_filter else None
             ranker = Ranker() if not reference else reference_ranker(
                 settings, step, rows, pads, start, width, seq_end_rows)
             view = StepView(logits, predicted, confidence, scores, masked, k, rows, block, start - prompt_len, step,
@@ -173,23 +175,12 @@ def generate_batch(
                     idle[rows] = torch.where((commit & (tokens != mask_id)).any(-1), 0, idle[rows] + 1)
                     check_stall(idle, width, block)
             refs = None if references is None else references[rows]
-            if settings.eotp and settings.eotp_rule == "learn2pd":  # chosen before the commit, as published
-                official_end = _learn2pd_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, eos_id, mask_id,
-                                             refs, policy.accepted, predicted, settings)
+            moment = Step(view, start, ahead, ahead_from, refs, policy.accepted)
+            decided = end_rule.before_commit(seqs, moment)  # the published rule chooses before the commit
             x[rows, start : start + width] = torch.where(commit, tokens, block_tokens)
             if observer is not None:
                 observer(view, commit)
-            if settings.eotp and settings.eotp_rule == "learn2pd":
-                _truncate_after(x, rows, *official_end, prompt_len, seq_end, eos_id)
-                step += 1
-                continue
-            if settings.eotp and settings.eotp_rule == "learn2pd_filled":
-                _cut_after_predicted_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, ends, eos_id,
-                                         mask_id, refs)
-            # a cut moves only when an end-of-text was committed now (or placed by the predicted rule above)
-            if settings.eotp and (settings.eotp_rule == "learn2pd_filled"
-                                  or bool((commit & torch.isin(tokens, ends)).any())):
-                _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id)
+            end_rule.after_commit(seqs, moment, commit, tokens, decided)
             step += 1
     return x[:, prompt_len:].cpu(), nfe
 
@@ -231,11 +222,6 @@ def reference_ranker(settings: DecodeSettings, step: int, rows: torch.Tensor, pa
     if settings.cache == "prefix":
         return ReferenceRanker([0] * len(ends), [e - start for e in ends])
     return ReferenceRanker([0] * len(ends), [width] * len(ends))
-
-
-def ranking_dtype(settings: DecodeSettings, raw: torch.Tensor) -> torch.dtype:
-    """The dtype a step's softmax is ranked in: float32 (the project's), the model's own, or float64."""
-    return {"float32": torch.float32, "model": raw.dtype, "float64": torch.float64}[settings.ranking_precision]
 
 
 def ranking_scores(settings: DecodeSettings, raw: torch.Tensor, probs: torch.Tensor, predicted: torch.Tensor,
@@ -284,99 +270,6 @@ class StepHistory:
         self.unchanged[rows] = torch.where(same, self.unchanged[rows] + 1, torch.zeros_like(predicted))
         self.previous[rows], self.predicted[rows], self.seen[rows] = logp, predicted, True
         return kl, self.unchanged[rows]
-
-
-def _learn2pd_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, eos_id, mask_id, references, accepted,
-                  predicted, settings: DecodeSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Learn2PD's published EoTP rule (``generate_predict_eot`` / ``generate_l2p_eot`` in the official
-    ``llada/generate.py``), read before the step's commit: among positions still masked from the current block on
-    whose prediction is end-of-text (``eos_id`` only, not end-of-turn), the most confident; with the filter, the
-    first block position it accepted predicting end-of-text takes precedence. Returns (has an end, its position).
-
-    Without a cache the search runs to the window's end; Learn2PD's cached code (``generate_with_prefix_cache``)
-    looks in the current block only, and so does this with ``cache=prefix``. The candidates' confidences are the
-    softmax in the ranking precision (the references': the model's dtype, or float64 under a cache), whose
-    ``argmax`` takes the first of equal ones as theirs does.
-
-    With reference outputs (the oracle), only positions where the reference also ends the text qualify.
-    """
-    first, stop = max(start, ahead_from), ahead_from + ahead.shape[1]
-    if settings.cache != "none":
-        stop = min(stop, start + predicted.shape[1])
-    window = ahead[:, first - ahead_from : stop - ahead_from]  # model dtype; candidates widened below
-    positions = torch.arange(first, stop, device=x.device)[None, :]
-    candidates = (x[rows, first:stop] == mask_id) & (window.argmax(-1) == eos_id) & (positions < seq_end[rows, None])
-    if references is not None:
-        candidates &= references[:, first - prompt_len : stop - prompt_len] == eos_id
-    precision = ranking_dtype(settings, window)
-    confidence = torch.full(candidates.shape, -1.0, device=x.device, dtype=precision)
-    row, col = candidates.nonzero(as_tuple=True)  # a softmax as the official code takes it (ties break alike)
-    confidence[row, col] = torch.softmax(window[row, col].to(precision), dim=-1)[:, eos_id]
-    best = first + confidence.argmax(-1)
-    has = candidates.any(-1)
-    if accepted is not None:  # generate_l2p_eot: the filter's own end-of-text acceptances come first
-        ends_accepted = accepted & (predicted == eos_id)
-        if references is not None:
-            ends_accepted &= references[:, start - prompt_len : start - prompt_len + ends_accepted.shape[1]] == eos_id
-        chosen = ends_accepted.any(-1)
-        best = torch.where(chosen, start + ends_accepted.long().argmax(-1), best)
-        has = has | chosen
-    return has, best
-
-
-def _truncate_after(x, rows, has, best, prompt_len, seq_end, eos_id) -> None:
-    """The official truncation ``x = x[:, :position + 1]``: later positions leave the sequence (here: hidden as
-    keys and written as end-of-text padding); the position itself stays as the step left it."""
-    later = torch.arange(x.shape[1], device=x.device)[None, :] > best[:, None]
-    fill = later & has[:, None] & (torch.arange(x.shape[1], device=x.device)[None, :] >= prompt_len)
-    x[rows] = torch.where(fill, torch.full_like(x[rows], eos_id), x[rows])
-    seq_end[rows] = torch.where(has, torch.minimum(seq_end[rows], best + 1), seq_end[rows])
-
-
-def _cut_after_predicted_end(x, rows, ahead, ahead_from, start, prompt_len, seq_end, ends, eos_id, mask_id,
-                             references) -> None:
-    """``eotp_rule=learn2pd_filled``, this project's repair of Learn2PD's rule: among still-masked positions from
-    the current block on whose prediction ends the text, cut the sequence after the most confident one: it and
-    every later position become end-of-text. (The published rule leaves it masked, which let the model continue
-    the text there once the context was cut: "#115" became "#1151".)
-
-    With reference outputs (the oracle), only positions where the reference also ends the text qualify, so the
-    oracle still reproduces the reference text exactly.
-    """
-    first, stop = max(start, ahead_from), ahead_from + ahead.shape[1]
-    top = ahead[:, first - ahead_from :].max(dim=-1)
-    positions = torch.arange(first, stop, device=x.device)[None, :]
-    candidates = (x[rows, first:stop] == mask_id) & torch.isin(top.indices, ends) & (positions < seq_end[rows, None])
-    if references is not None:
-        candidates &= torch.isin(references[:, first - prompt_len : stop - prompt_len], ends)
-    if not candidates.any():
-        return
-    row, col = candidates.nonzero(as_tuple=True)
-    confidence = torch.full(candidates.shape, -1.0, device=x.device)
-    chosen = ahead[row, first - ahead_from + col].float()
-    confidence[row, col] = (chosen.gather(-1, top.indices[row, col, None]).squeeze(-1) - chosen.logsumexp(-1)).exp()
-    best = first + confidence.argmax(-1)
-    has = candidates.any(-1)
-    later = torch.arange(x.shape[1], device=x.device)[None, :] >= best[:, None]
-    fill = later & has[:, None] & (torch.arange(x.shape[1], device=x.device)[None, :] >= prompt_len)
-    x[rows] = torch.where(fill, torch.full_like(x[rows], eos_id), x[rows])
-    seq_end[rows] = torch.where(has, torch.minimum(seq_end[rows], best + 1), seq_end[rows])
-
-
-def _cut_after_end_of_text(x, rows, prompt_len, seq_end, ends, eos_id) -> None:
-    """EoTP: after a committed end-of-text (any of ``ends``), fill the rest of the window with end-of-text and cut
-    the sequence."""
-    window = x[rows, prompt_len:]
-    is_eos = torch.isin(window, ends)
-    has_eos = is_eos.any(-1)
-    if not has_eos.any():
-        return
-    first = is_eos.long().argmax(-1)
-    after = torch.arange(window.shape[1], device=x.device)[None, :] > first[:, None]
-    fill = after & has_eos[:, None]
-    x[rows, prompt_len:] = torch.where(fill, torch.full_like(window, eos_id), window)
-    cut = torch.where(has_eos, prompt_len + first + 1, seq_end[rows])
-    seq_end[rows] = torch.minimum(seq_end[rows], cut)
 
 
 def decode(

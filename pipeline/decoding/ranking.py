@@ -15,6 +15,12 @@ from collections.abc import Sequence
 import torch
 
 from pipeline.decoding.schedule import top_k_mask
+from pipeline.decoding.settings import DecodeSettings
+
+
+def ranking_dtype(settings: DecodeSettings, raw: torch.Tensor) -> torch.dtype:
+    """The dtype a step's softmax is ranked in: float32 (the project's), the model's own, or float64."""
+    return {"float32": torch.float32, "model": raw.dtype, "float64": torch.float64}[settings.ranking_precision]
 
 
 class Ranker:
