@@ -217,3 +217,29 @@ def test_the_learn2pd_rule_refuses_the_dual_cache(families):
     settings = DecodeSettings(gen_length=GEN, block_length=BLOCK, cache="dual", **EOTP)
     with pytest.raises(ValueError, match="decode.cache"):
         decode(family.models["float32"], family.prompts[:1], Vanilla(), settings, family.mask_id, family.eos_id)
+
+
+def test_a_bf16_sweep_s_samples_do_not_depend_on_its_batch_size(tmp_path):
+    """Through the command line a user types: one setting swept in bf16 over prompts of three lengths (a
+    ``task=jsonl`` file) at batch 1 and at batch 16 writes the same samples; only the batch size, and so the key,
+    differs. (With the padded keys masked instead, one of the 48 differs.)"""
+    import json
+
+    from tests.test_cli import MICRO, run_cli
+
+    prompts = tmp_path / "mixed.jsonl"
+    examples = ChainedAddition().examples("test", 48)
+    prompts.write_text("".join(json.dumps({"prompt": e.prompt[(i % 3) * 3 :], "answer": "0"}) + "\n"
+                               for i, e in enumerate(examples)))
+    grid = "sweep.grid=[{policy: threshold, threshold: [0.9]}]"
+    samples = []
+    for batch_size in (1, 16):
+        out = tmp_path / f"batch{batch_size}"
+        result = run_cli(MICRO, "task=jsonl", f"task.path={prompts}", "stage=sweep", "sweep.num_prompts=48",
+                         "model.dtype=bfloat16", grid, f"decode.batch_size={batch_size}", f"output_dir={out}",
+                         "logger=none", "progress=false")
+        assert result.returncode == 0, result.stderr[-3000:]
+        (written,) = out.glob("artifacts/sweep/*/samples.jsonl")
+        samples.append([json.loads(line) for line in written.read_text().splitlines()])
+    assert len(samples[0]) == 48 and len({len(s["prompt"]) for s in samples[0]}) == 3
+    assert samples[0] == samples[1]
