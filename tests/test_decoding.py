@@ -29,6 +29,7 @@ from pipeline.decoding.schedule import gumbel_argmax, top_k_mask, vanilla_schedu
 from pipeline.decoding.settings import POLICY_PARAMETERS, DecodeSettings
 from pipeline.tasks import ChainedAddition
 from pipeline.validation import FEATURES as VALIDATED_FEATURES
+from tests import fidelity_references as references
 
 MASK, EOS = 1, 0
 
@@ -404,35 +405,6 @@ def test_masked_run_before_counts_masks_back_to_the_committed_text():
     assert run.tolist() == [[0, 0, 1, 2, 0], [0, 1, 2, 3, 4]]
 
 
-@torch.no_grad()
-def predict_eot_restated(model, prompt: list[int], gen_length: int, block_length: int, eos: int) -> list[int]:
-    """Learn2PD's ``generate_predict_eot`` (official ``llada/generate.py``) re-stated for one prompt at one token
-    per step: the most confident masked position predicting end-of-text, chosen before the step's commit, truncates
-    the sequence after it; the generated part is returned padded with end-of-text to ``gen_length``."""
-    x = torch.tensor([prompt + [MASK] * gen_length])
-    p_len = len(prompt)
-    for block in range(gen_length // block_length):
-        block_end = p_len + (block + 1) * block_length
-        for _ in range(block_length):
-            masked = x == MASK
-            if not masked.any():
-                break
-            logits = model(x).logits.float()
-            logits[..., MASK] = float("-inf")
-            probs = torch.softmax(logits, -1)
-            x0_p, x0 = probs.max(-1)
-            end_conf = torch.where((x0 == eos) & masked, x0_p, torch.tensor(float("-inf")))
-            x0_p[:, block_end:] = float("-inf")
-            conf = torch.where(masked, x0_p, torch.tensor(float("-inf")))
-            if torch.isfinite(conf).any():
-                i = int(conf.argmax())
-                x[0, i] = x0[0, i]
-            if torch.isfinite(end_conf).any():
-                x = x[:, : int(end_conf.argmax()) + 1]
-    window = x[0, p_len:].tolist()
-    return window + [eos] * (gen_length - len(window))
-
-
 def test_the_learn2pd_eotp_rule_is_the_published_one(shipped_model):
     """Token-identical to the re-statement on the shipped model, and unlike the repair: the position the cut
     keeps is decoded, not written as end-of-text."""
@@ -440,7 +412,7 @@ def test_the_learn2pd_eotp_rule_is_the_published_one(shipped_model):
     prompts = prompts_for(tokenizer, 12)
     settings = DecodeSettings(gen_length=64, block_length=16, batch_size=1, eotp=True, eotp_rule="learn2pd")
     ours = decode(model, prompts, Vanilla(), settings, MASK, EOS).tokens.tolist()
-    restated = [predict_eot_restated(model, p, 64, 16, EOS) for p in prompts]
+    restated = [references.learn2pd_generate(model, p, 64, 16, 64, MASK, EOS) for p in prompts]
     assert ours == restated
     filled = decode(model, prompts, Vanilla(), settings.replace(eotp_rule="learn2pd_filled"), MASK, EOS)
     assert filled.tokens.tolist() != ours, "the published rule and its repair decode differently here"
@@ -449,49 +421,6 @@ def test_the_learn2pd_eotp_rule_is_the_published_one(shipped_model):
     for ref, out in zip(vanilla.tokens.tolist(), oracle.tokens.tolist()):
         end = ref.index(EOS) if EOS in ref else len(ref)
         assert out[:end] == ref[:end] and all(tok == EOS for tok in out[end:]), "the oracle stays exact"
-
-
-@torch.no_grad()
-def dream_sample_restated(model, prompt: list[int], gen_length: int, alg: str, seed: int = 0) -> list[int]:
-    """Dream's ``_sample`` (its ``generation_utils``) re-stated for one prompt at temperature 0 and one step per
-    token: Dream's time grid decides how many, ``alg`` which (the mask token's own logit excluded, as the loop
-    does; the shipped model never predicts it anyway). Under ``origin`` each masked position is committed when its
-    uniform draw falls below ``1 - s / t``; Dream draws for the masked positions only, this draws for the whole
-    window from the loop's seeded generator (the same law, and the same numbers as the loop's)."""
-    x = torch.tensor([prompt + [MASK] * gen_length])
-    grid = torch.linspace(1, 1e-3, gen_length + 1)
-    generator = torch.Generator().manual_seed(seed)
-    for i in range(gen_length):
-        masked = x == MASK
-        logits = model(x).logits.float()
-        logits[..., MASK] = float("-inf")
-        probs = torch.softmax(logits[masked], -1)
-        confidence, x0 = probs.max(-1)
-        if alg == "origin":
-            share = 1 - grid[i + 1] / grid[i] if i < gen_length - 1 else 1
-            draw = torch.rand((1, gen_length), generator=generator)
-            chosen = torch.zeros_like(x, dtype=torch.bool)
-            chosen[:, len(prompt):] = draw < share
-            chosen &= masked
-            proposal = torch.full_like(x, MASK)
-            proposal[masked] = x0
-            x[chosen] = proposal[chosen]
-            continue
-        if alg == "topk_margin":
-            top2 = probs.sort(-1, descending=True).values
-            confidence = top2[:, 0] - top2[:, 1]
-        elif alg == "entropy":
-            confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
-        count = masked.sum().float()
-        k = int(count * (1 - grid[i + 1] / grid[i])) if i < gen_length - 1 else int(count)
-        full = torch.full(x.shape, float("-inf"))
-        full[masked] = confidence
-        if k > 0:
-            chosen = full.topk(k).indices[0]
-            proposal = torch.full_like(x, MASK)
-            proposal[masked] = x0
-            x[0, chosen] = proposal[0, chosen]
-    return x[0, len(prompt):].tolist()
 
 
 DREAM_ALGS = {"maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy", "origin": "origin"}
@@ -517,10 +446,12 @@ def test_dream_s_samplers_are_the_published_ones(micro_model, tokenizer):
         decoded[alg] = ours.tokens.tolist()
         if alg == "origin":  # one generator per decode call: each prompt alone sees the re-statement's draws
             alone = [decode(model, [p], Vanilla(), settings, MASK, EOS).tokens[0].tolist() for p in prompts]
-            assert alone == [dream_sample_restated(model, p, 24, alg) for p in prompts], alg
+            seeded = [torch.Generator().manual_seed(0) for _ in prompts]
+            assert alone == [references.dream_sample(model, p, 24, 24, MASK, alg, generator=g)
+                             for p, g in zip(prompts, seeded)], alg
             assert max(ours.nfe.tolist()) <= 24, "a window filled early stops (Dream runs its idle steps anyway)"
             continue
-        assert decoded[alg] == [dream_sample_restated(model, p, 24, alg) for p in prompts], alg
+        assert decoded[alg] == [references.dream_sample(model, p, 24, 24, MASK, alg) for p in prompts], alg
         assert ours.nfe.tolist() == [24] * 6, "one pass per step, the first committing nothing"
     assert decoded["maskgit_plus"] != decoded["topk_margin"] != decoded["entropy"] != decoded["maskgit_plus"]
     assert decoded["origin"] not in (decoded["maskgit_plus"], decoded["topk_margin"], decoded["entropy"])
