@@ -10,14 +10,21 @@ attention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from models.diffusion_lm import BlockCache
+
+@dataclass
+class BlockCache:
+    """Every layer's rotated keys and values for a whole sequence (Fast-dLLM's approximate block cache)."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)  # per layer [batch, heads, seq, head_dim]
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    def select(self, rows: torch.Tensor) -> BlockCache:
+        return BlockCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ names, weights from one ``model.safetensors`` or from shards listed by ``model.s
 
 The model is built on the meta device and the checkpoint's tensors are assigned to it (converted to the run's
 dtype and device shard by shard), so a model is never held twice in memory. Every tensor name and shape is
-checked against the model first, from the files' headers (:mod:`pipeline.saved_files`, as the pre-flight validation
+checked against the model first, from the files' headers (:mod:`models.saved_files`, as the pre-flight validation
 checks them): a missing, extra or misshaped tensor, in the index or in a shard, is an InputError (and ValueError)
 naming it and its file.
 """
@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from pipeline.saved_files import MODEL_FIX, checkpoint_tensors, compare_tensors
+from models.saved_files import MODEL_FIX, checkpoint_tensors, compare_tensors
 
 # model_type in config.json -> (module, config class, model class) of the native implementation
 NATIVE = {"llada": ("models.llada", "LLaDAConfig", "LLaDAModel"),

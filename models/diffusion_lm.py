@@ -7,7 +7,7 @@ like a hub dLLM, so the decoder drives it and LLaDA the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from models.attention import KeySpans, attend
+from models.attention import BlockCache, KeySpans, attend
 
 
 class DiffusionLMConfig(PretrainedConfig):
@@ -85,17 +85,6 @@ def slice_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if attention_mask is None:
         return torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, offset : offset + input_ids.shape[1]]
-
-
-@dataclass
-class BlockCache:
-    """Every layer's rotated keys and values for a whole sequence (Fast-dLLM's approximate block cache)."""
-
-    keys: list[torch.Tensor] = field(default_factory=list)  # per layer [batch, heads, seq, head_dim]
-    values: list[torch.Tensor] = field(default_factory=list)
-
-    def select(self, rows: torch.Tensor) -> BlockCache:
-        return BlockCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
 
 
 @dataclass

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from models.attention import KeySpans, attend
-from models.diffusion_lm import BlockCache, RMSNorm, rotary, rotate_half, slice_positions
-from pipeline.saved_files import FieldError, check_dream_config
+from models.attention import BlockCache, KeySpans, attend
+from models.diffusion_lm import RMSNorm, rotary, rotate_half, slice_positions
+from models.saved_files import FieldError, check_dream_config
 
 MODEL_TYPE = "Dream"  # config.json's "model_type" for the official checkpoints
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -57,7 +57,7 @@ class DreamConfig:
     @classmethod
     def from_dict(cls, d: dict) -> DreamConfig:
         """Builds the config from an official config.json; unknown fields (auto_map, torch_dtype ...) are ignored, a
-        field outside what the model can be built from (pipeline/saved_files.py's rules: sizes, heads, the plain
+        field outside what the model can be built from (models/saved_files.py's rules: sizes, heads, the plain
         rotary positions and SiLU it computes, token ids) is a ValueError naming it."""
         model_type = d.get("model_type")
         if model_type != MODEL_TYPE:

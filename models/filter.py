@@ -8,7 +8,7 @@ position's features projected to ``hidden_size``, ``num_layers`` pre-norm self-a
 position; where a position sits comes from the ``position`` feature (its index over the block's width), so one
 network serves blocks of any length.
 
-A description's fields and a saved filter's files are checked by :mod:`pipeline.saved_files`, the rules the
+A description's fields and a saved filter's files are checked by :mod:`models.saved_files`, the rules the
 pre-flight validation reads too, so a stage loading a saved filter refuses a bad one in the same one line.
 """
 
@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.saved_files import check_filter_fields, check_saved_filter, filter_width
+from models.saved_files import check_filter_fields, check_saved_filter, filter_width
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from transformers.utils import ModelOutput
 
 from models.attention import KeySpans, attend
 from models.diffusion_lm import BlockCache, RMSNorm, rotary, rotate_half, slice_positions
-from pipeline.saved_files import LLADA_SUPPORTED as SUPPORTED
-from pipeline.saved_files import FieldError, check_llada_config, llada_fields
+from models.saved_files import LLADA_SUPPORTED as SUPPORTED
+from models.saved_files import FieldError, check_llada_config, llada_fields
 
 MODEL_TYPE = "llada"
 
@@ -60,7 +60,7 @@ class LLaDAConfig:
     @classmethod
     def from_dict(cls, config: dict) -> LLaDAConfig:
         """The official config's fields; an unknown architecture, an unsupported setting or a field outside what
-        the model can be built from (pipeline/saved_files.py's rules) is a ValueError naming it."""
+        the model can be built from (models/saved_files.py's rules) is a ValueError naming it."""
         if config.get("model_type") != MODEL_TYPE:
             raise ValueError(f"config.json: model_type={config.get('model_type')!r} is not a LLaDA model "
                              f"(expected {MODEL_TYPE!r})")

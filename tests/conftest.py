@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 import models  # noqa: F401  (registers the embedded model)
 from models import DiffusionLM, DiffusionLMConfig
 from models.tokenizer import build_char_tokenizer
-from pipeline.config import PROJECT_ROOT, register
+from pipeline.configuration.hydra import PROJECT_ROOT, register
 
 SHIPPED = PROJECT_ROOT / "models" / "checkpoints" / "tiny-arith"
 register()

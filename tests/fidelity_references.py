@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from models.diffusion_lm import BlockCache
+from models.attention import BlockCache
 
 NEG_INF = float("-inf")
 

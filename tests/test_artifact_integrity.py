@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.artifacts as artifacts
-from pipeline.artifacts import ArtifactSpec, ArtifactStore, InputError
+import pipeline.artifacts.store as artifacts
+from pipeline.artifacts.store import ArtifactSpec, ArtifactStore, InputError
 from tests.test_artifacts import MICRO, copy_of, one_line_error
 from tests.test_cli import run_cli
 
@@ -64,7 +64,7 @@ def test_a_same_size_edit_is_recomputed_with_a_log_naming_the_file(written, tmp_
     file = written.path / "result.bin"
     flip_bytes(file)
     compute = Counting()
-    with caplog.at_level(logging.INFO, logger="pipeline.artifacts"):
+    with caplog.at_level(logging.INFO, logger="pipeline.artifacts.store"):
         again = ArtifactStore(tmp_path).materialize(SPEC, compute)  # a new store: a new invocation
     assert compute.calls == 1 and file.read_bytes() == RESULT
     assert again.digest == written.digest

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.artifacts as artifacts
-from pipeline.artifacts import content_record, syntax_digest
-from pipeline.config import PROJECT_ROOT
-from pipeline.plan import expand_grid
+import pipeline.artifacts.store as artifacts
+from pipeline.artifacts.store import content_record, syntax_digest
+from pipeline.configuration.command import expand_grid
+from pipeline.configuration.hydra import PROJECT_ROOT
 from pipeline.stages import sweep, train_filter, trajectories
-from pipeline.stages.common import StageContext
+from pipeline.stages.context import StageContext
 from tests.test_cli import run_cli
 
 MICRO = ["+experiment=micro", "logger=none", "progress=false"]
@@ -60,7 +60,7 @@ def test_a_change_to_a_stage_s_code_gives_new_keys_downstream(compose_cfg, monke
     after = keys(compose_cfg)
     assert all(after[name] != before[name] for name in before), "features feed every decoding stage"
     monkeypatch.setattr(artifacts, "source_digest",
-                        lambda path: "edited" if path == "pipeline/filter_training.py" else original(path))
+                        lambda path: "edited" if path == "pipeline/learning/filter.py" else original(path))
     filter_only = keys(compose_cfg)
     assert filter_only["trajectories"] == before["trajectories"]
     assert filter_only["train_filter"] != before["train_filter"]
@@ -139,7 +139,7 @@ def test_damaged_weights_are_named_with_what_to_do(tmp_path):
 def test_a_full_disk_is_one_line_naming_the_path():
     import errno
 
-    from pipeline.cli import one_line
+    from pipeline.runtime.reporting import one_line
 
     try:
         try:
@@ -202,10 +202,10 @@ TRAJECTORIES = [*MICRO, "stage=trajectories", "trajectories.num_prompts=96", "tr
 def test_two_runs_on_one_output_folder_share_the_work(tmp_path, compose_cfg):
     out = tmp_path / "out"
     key = trajectories.spec(StageContext(compose_cfg(TRAJECTORIES[:1] + TRAJECTORIES[3:]))).key
-    lock = out / "artifacts" / "trajectories" / f"{key}.shard-00000-of-00001.lock"
+    holder = out / "artifacts" / "trajectories" / f"{key}.shard-00000-of-00001.holder"  # the lock holder's note
     command = [sys.executable, "-m", "pipeline", *TRAJECTORIES, f"output_dir={out}"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: lock.exists() and lock.read_text().startswith("pid"))
+    wait_for(lambda: holder.exists() and holder.read_text().startswith("pid"))
     second = run_cli(*TRAJECTORIES, f"output_dir={out}")
     first_err = first.communicate(timeout=300)[1]
     assert first.returncode == 0 and second.returncode == 0, first_err[-2000:] + second.stderr[-2000:]
@@ -232,7 +232,8 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, compose_cfg):
     key = trajectories.spec(StageContext(compose_cfg(MICRO[:1]))).key
     lock = out / "artifacts" / "trajectories" / f"{key}.shard-00000-of-00001.lock"
     lock.parent.mkdir(parents=True)
-    lock.write_text("pid 999999 on a-host since 2026-01-01T00:00:00")
+    lock.touch()
+    lock.with_suffix(".holder").write_text("pid 999999 on a-host since 2026-01-01T00:00:00")
     result = run_cli(*MICRO, "stage=trajectories", f"output_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "taking over the lock of a run that did not finish (pid 999999" in result.stderr
@@ -263,7 +264,7 @@ def test_a_killed_filter_training_resumes_from_its_checkpoint_to_the_same_filter
 def test_non_finite_features_are_refused_by_name(tmp_path):
     import numpy as np
 
-    from pipeline.trajectory_data import check_finite
+    from pipeline.learning.trajectories import check_finite
 
     features = np.zeros((3, 4, 2), dtype=np.float32)
     features[1, 2, 1] = np.nan

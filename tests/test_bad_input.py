@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import one_line
-from pipeline.config import PROJECT_ROOT
+from pipeline.configuration.hydra import PROJECT_ROOT
+from pipeline.runtime.reporting import one_line
 from tests.test_cli import MICRO, run_cli
 
 TINY = PROJECT_ROOT / "models" / "checkpoints" / "tiny-arith"

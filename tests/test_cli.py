@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModel
 
-from pipeline.config import PROJECT_ROOT
+from pipeline.configuration.hydra import PROJECT_ROOT
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict[str, str] | None = None,

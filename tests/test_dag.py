@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
-from pipeline import cluster, dag
-from pipeline.hydra_callbacks import FailedJobsFailOnSlurm
-from pipeline.plan import expand_grid
+from pipeline.configuration.command import expand_grid
+from pipeline.execution import plan as dag
+from pipeline.execution import slurm as cluster
+from pipeline.execution.hydra_callbacks import FailedJobsFailOnSlurm
+from pipeline.learning.trajectories import shard_name
 from pipeline.stages import trajectories
-from pipeline.stages.common import StageContext
-from pipeline.trajectory_data import shard_name
+from pipeline.stages.context import StageContext
 from tests.conftest import compose_config
 
 

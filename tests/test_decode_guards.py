@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models.errors import ConfigError, DecodeStall, NonFiniteError
 from pipeline.decoding.loop import decode
-from pipeline.decoding.policies import Policy, StepView, build_policy
+from pipeline.decoding.policies import build_policy
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.errors import ConfigError, DecodeStall, NonFiniteError
+from pipeline.decoding.step import Policy, StepView
 from tests.test_cli import MICRO, run_cli
 from tests.test_decoding import EOS, MASK, prompts_for
 

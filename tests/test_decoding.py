@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models import DiffusionLM, DiffusionLMConfig
-from pipeline.data import encode_prompt
+from pipeline.configuration.validation import FEATURES as VALIDATED_FEATURES
 from pipeline.decoding.features import FEATURES, block_features
 from pipeline.decoding.loop import StepHistory, decode
 from pipeline.decoding.policies import (
@@ -18,7 +18,6 @@ from pipeline.decoding.policies import (
     Factor,
     LearnedFilter,
     StableConfidence,
-    StepView,
     Threshold,
     Vanilla,
     build_policy,
@@ -27,8 +26,9 @@ from pipeline.decoding.policies import (
 from pipeline.decoding.reference import llada_generate
 from pipeline.decoding.schedule import gumbel_argmax, top_k_mask, vanilla_schedule
 from pipeline.decoding.settings import POLICY_PARAMETERS, DecodeSettings
+from pipeline.decoding.step import StepView
 from pipeline.tasks import ChainedAddition
-from pipeline.validation import FEATURES as VALIDATED_FEATURES
+from pipeline.tasks.prompts import encode_prompt
 from tests import fidelity_references as references
 
 MASK, EOS = 1, 0

@@ -21,11 +21,12 @@ import pytest
 import torch
 
 from models.filter import BlockFilter, FilterConfig
-from pipeline.data import encode_prompt
 from pipeline.decoding.loop import decode
-from pipeline.decoding.policies import LearnedFilter, Policy, Threshold, Vanilla
+from pipeline.decoding.policies import LearnedFilter, Threshold, Vanilla
 from pipeline.decoding.settings import DecodeSettings
+from pipeline.decoding.step import Policy
 from pipeline.tasks import ChainedAddition
+from pipeline.tasks.prompts import encode_prompt
 from tests import fidelity_references as ref
 from tests.standins import DREAM_OFFICIAL_CONFIG, LLADA_OFFICIAL_CONFIG
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline import progress
-from pipeline.stages.common import LIGHTNING_CHATTER, LIGHTNING_LOGGERS, quiet_lightning
+from pipeline.runtime import progress
+from pipeline.stages.context import LIGHTNING_CHATTER, LIGHTNING_LOGGERS, quiet_lightning
 from tests.test_cli import MICRO, run_cli
 
 LOG_LINE = re.compile(r"^\[[\d\- :,]+\]\[[\w.]+\]\[[A-Z]+\] - ")  # the pipeline's log format

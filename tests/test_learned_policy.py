@@ -10,13 +10,13 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from pipeline.data import decode_answer, encode_prompt
 from pipeline.decoding.loop import decode
 from pipeline.decoding.policies import ExtremelyGreedy, Vanilla
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.filter_training import choose_threshold, metrics_at
+from pipeline.learning.filter import choose_threshold, metrics_at
 from pipeline.tasks.arith import ChainedAddition
 from pipeline.tasks.chain import DigitSumChain, digit_sum
+from pipeline.tasks.prompts import decode_answer, encode_prompt
 from tests.test_cli import MICRO, run_cli
 
 

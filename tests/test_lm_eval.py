@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import encode_prompt
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.evaluation import evaluate_setting
+from pipeline.evaluation.setting import evaluate_setting
+from pipeline.tasks.prompts import encode_prompt
 from tests.conftest import compose_config
 from tests.test_cli import run_cli
 
@@ -76,7 +76,7 @@ def loaded():
     """The shipped model as the pipeline loads it."""
     import torch
 
-    from pipeline.modeling import load_model
+    from pipeline.modeling.loading import load_model
 
     return load_model(compose_config([]).model, torch.device("cpu"))
 
@@ -132,7 +132,7 @@ def test_the_python_api_runs_the_registered_model_and_likelihoods_prefer_the_ans
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    import pipeline.lm_eval_model  # noqa: F401  (registers learn2pd)
+    import pipeline.lm_eval.model  # noqa: F401  (registers learn2pd)
 
     results = lm_eval.simple_evaluate(model="learn2pd", model_args="model=tiny,mc_num=8,mc_batch_size=8,seed=1",
                                       tasks=["arith_choice"], task_manager=TaskManager(include_path=str(local_tasks)),
@@ -145,7 +145,7 @@ def test_the_monte_carlo_estimate_is_llada_s(loaded):
     with all of it masked (one token) the estimate is the exact log-probability."""
     import torch
 
-    from pipeline.lm_eval_model import Learn2PDLM
+    from pipeline.lm_eval.model import Learn2PDLM
 
     lm = Learn2PDLM.wrap(loaded, DecodeSettings(), "tiny", mc_num=4, mc_batch_size=2)
     tokenizer = loaded.tokenizer
@@ -226,8 +226,8 @@ def test_lm_eval_s_gsm8k_reads_a_local_copy_in_the_hub_layout_and_names_a_missin
     config table, as openai/gsm8k ships them) replaces the hub dataset; without one nothing is downloaded."""
     import datasets
 
-    from pipeline.errors import InputError
-    from pipeline.scorer_agreement import documents
+    from models.errors import InputError
+    from pipeline.evaluation.scorer_agreement import documents
     from pipeline.tasks.lm_eval_task import LmEvalTask
 
     rows = [{"question": d["question"], "answer": d["answer"]} for d in documents(6)]
@@ -248,7 +248,7 @@ def test_the_hand_written_gsm8k_scorer_differs_from_lm_eval_s_only_on_decimal_ze
     """The agreement table of the README, on fewer documents: every class of output is scored alike by the
     project's GSM8K scorer and lm-eval's gsm8k filters, except an answer written with decimal zeros (``#### 42.00``),
     which the project normalises and lm-eval's exact match does not."""
-    from pipeline.scorer_agreement import agreement
+    from pipeline.evaluation.scorer_agreement import agreement
 
     result = agreement(n=6)
     disagreeing = {r["class"] for r in result["classes"] if r["strict agree"] < 1 or r["flexible agree"] < 1}

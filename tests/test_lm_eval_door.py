@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PROJECT_ROOT
+from pipeline.configuration.hydra import PROJECT_ROOT
 from tests.test_cli import run_cli
 from tests.test_lm_eval import GENERATE_TASK, MODEL_ARGS, arith_examples, arith_examples_of
 
@@ -162,7 +162,7 @@ def test_ctrl_c_is_one_line_of_its_own(tasks, tmp_path):
 
 def test_a_likelihood_that_is_not_a_number_is_one_line(monkeypatch, capsys):
     """A diverged model's NaN (FloatingPointError) is the user's to fix (another model, another dtype), in one line."""
-    import pipeline.lm_eval as door
+    import pipeline.lm_eval.command as door
 
     def diverged(*args) -> None:
         raise FloatingPointError("loglikelihood: the Monte-Carlo estimate is nan, not a finite number")
@@ -181,7 +181,7 @@ def test_a_speed_that_is_not_a_number_is_not_written(tmp_path):
     from types import SimpleNamespace
 
     from pipeline.decoding.settings import DecodeSettings
-    from pipeline.lm_eval import write_speed
+    from pipeline.lm_eval.command import write_speed
 
     speed = {"arith_local": {"samples": 1, "nfe_mean": 4.0, "tokens": 0, "seconds": 0.0, "tokens_per_s": float("nan")}}
     lm = SimpleNamespace(name="tiny", settings=DecodeSettings(), speed=lambda: speed)

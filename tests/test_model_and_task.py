@@ -7,10 +7,10 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from models import DiffusionLM, DiffusionLMConfig
-from pipeline.data import decode_answer, encode_prompt, training_batch
-from pipeline.pretrain import masked_diffusion_loss
+from pipeline.learning.pretrain import masked_diffusion_loss
 from pipeline.tasks import ChainedAddition
 from pipeline.tasks.base import Example
+from pipeline.tasks.prompts import decode_answer, encode_prompt, training_batch
 
 
 def test_model_and_tokenizer_round_trip(tmp_path, tokenizer):

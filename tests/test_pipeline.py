@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import ArtifactSpec, ArtifactStore
-from pipeline.plan import expand_grid
+from pipeline.artifacts.store import ArtifactSpec, ArtifactStore
+from pipeline.configuration.command import expand_grid
+from pipeline.configuration.validation import validate
 from pipeline.stages import sweep
-from pipeline.validation import validate
 from tests.standins import write_dream_official, write_llada_official
 from tests.test_cli import run_cli
 from tests.wandb_reader import summary_and_history

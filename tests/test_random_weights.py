@@ -12,8 +12,8 @@ from models.checkpoint import random_native
 from models.dream import DreamConfig, DreamModel
 from models.llada import LLaDAConfig, LLaDAModel
 from models.tokenizer import build_placeholder_tokenizer
-from pipeline.plan import expand_grid
-from pipeline.validation import validate
+from pipeline.configuration.command import expand_grid
+from pipeline.configuration.validation import validate
 from tests.standins import DREAM_OFFICIAL_CONFIG, LLADA_OFFICIAL_CONFIG
 from tests.test_cli import run_cli
 
@@ -29,7 +29,7 @@ SMALL = {"llada": ["model.architecture.d_model=32", "model.architecture.n_heads=
                                                ("dream_random", {"hidden_size": 3584, "num_hidden_layers": 28,
                                                                  "num_key_value_heads": 4})])
 def test_the_presets_hold_the_released_sizes_and_validate_without_weights(compose_cfg, preset, sizes, monkeypatch):
-    monkeypatch.setattr("pipeline.saved_files.machine_memory", lambda: 64 * 2**30)  # the weights fit: 8B in float32
+    monkeypatch.setattr("models.saved_files.machine_memory", lambda: 64 * 2**30)  # the weights fit: 8B in float32
     cfg = compose_cfg([f"model={preset}", "stage=evaluate"])
     assert cfg.model.path is None and cfg.model.random_weights
     assert {k: cfg.model.architecture[k] for k in sizes} == sizes

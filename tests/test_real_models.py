@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from models.families import FamilyAdapter, honours_attention_mask
-from pipeline.data import decode_answer, encode_prompt
 from pipeline.tasks.base import Example
+from pipeline.tasks.prompts import decode_answer, encode_prompt
 from tests.standins import DREAM_IDS, LLADA_IDS, write_dream_like, write_llada_like
 from tests.test_cli import run_cli
 

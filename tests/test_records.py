@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import PROJECT_ROOT
-from pipeline.progress import read_history
+from pipeline.configuration.hydra import PROJECT_ROOT
+from pipeline.runtime.progress import read_history
 from tests.test_artifacts import complete, copy_of, one_line_error
 from tests.test_cli import run_cli
 
@@ -109,7 +109,7 @@ def test_pretraining_that_diverges_keeps_only_the_checkpoint_a_lower_rate_can_re
 
 def test_a_resumed_pretraining_trains_at_the_rate_it_is_given():
     """Lowering ``pretrain.lr`` after a divergence takes effect on the resume, where the schedule left off."""
-    from pipeline.pretrain import DiffusionPretraining
+    from pipeline.learning.pretrain import DiffusionPretraining
 
     module = DiffusionPretraining(dict(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=16, max_position_embeddings=16), lr=1e-3)
@@ -199,7 +199,7 @@ def test_a_resumed_policy_keeps_its_history_its_cost_and_the_uninterrupted_recor
 
 @pytest.mark.filterwarnings("ignore:Experiment logs directory")
 def test_a_resumed_history_keeps_what_came_before_its_checkpoint_and_no_line_cut_by_a_kill(tmp_path):
-    from pipeline.progress import history_logger
+    from pipeline.runtime.progress import history_logger
 
     history = tmp_path / "logs" / "version_0" / "metrics.csv"
     history.parent.mkdir(parents=True)
@@ -215,7 +215,7 @@ def test_a_resumed_history_keeps_what_came_before_its_checkpoint_and_no_line_cut
 def test_the_row_of_the_step_a_checkpoint_follows_is_written_from_the_checkpoint(tmp_path):
     """Lightning writes a step's row after the checkpoint that follows the step; a kill in between leaves it out
     of the file, and the resume takes it from the checkpoint (StepRow), once."""
-    from pipeline.progress import history_logger
+    from pipeline.runtime.progress import history_logger
 
     history = tmp_path / "logs" / "version_0" / "metrics.csv"
     history.parent.mkdir(parents=True)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import sandbox
-from pipeline.errors import ConfigError, InputError
-from pipeline.sandbox import OUTPUT_LIMIT, run_python
+from models.errors import ConfigError, InputError
+from pipeline.tasks import sandbox
 from pipeline.tasks.code import MBPP, HumanEval
+from pipeline.tasks.sandbox import OUTPUT_LIMIT, run_python
 
 ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="without root a program runs as the caller (see pipeline/sandbox.py)")
+needs_root = pytest.mark.skipif(not ROOT,
+                                reason="without root a program runs as the caller (see pipeline/tasks/sandbox.py)")
 
 
 def session_members(session: int) -> list[tuple[int, str]]:

@@ -1,4 +1,4 @@
-"""The one validation of saved files (pipeline/saved_files.py): its torch-free tables agree with the networks they
+"""The one validation of saved files (models/saved_files.py): its torch-free tables agree with the networks they
 describe, the loaders refuse what the pre-flight refuses in the same words, weights that cannot fit the device are
 refused from their count before anything is allocated, and the settings later stages need are checked up front.
 The command-line refusals themselves are rows of tests/test_bad_input.py."""
@@ -15,14 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from models import saved_files
 from models.checkpoint import NATIVE, build_native, load_native
 from models.dream import DreamConfig
+from models.errors import ConfigError, InputError
 from models.filter import BlockFilter, FilterConfig
 from models.llada import LLaDAConfig
-from models.tokenizer import build_placeholder_tokenizer
-from pipeline import saved_files
-from pipeline.errors import ConfigError, InputError
-from pipeline.saved_files import (
+from models.saved_files import (
     FILTER_ARCHITECTURES,
     FILTER_DEFAULTS,
     NATIVE_TYPES,
@@ -33,9 +32,10 @@ from pipeline.saved_files import (
     parameter_count,
     weights_problem,
 )
+from models.tokenizer import build_placeholder_tokenizer
+from pipeline.configuration.validation import check_filter_splits, check_lm_eval_split, validate
+from pipeline.learning.trajectories import filter_split_of
 from pipeline.tasks.lm_eval_task import LmEvalTask
-from pipeline.trajectory_data import filter_split_of
-from pipeline.validation import check_filter_splits, check_lm_eval_split, validate
 from tests.standins import DREAM_OFFICIAL_CONFIG, LLADA_OFFICIAL_CONFIG, write_llada_official
 
 GiB = 2**30
@@ -236,5 +236,5 @@ def test_the_checks_import_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, pipeline.validation, pipeline.saved_files; assert 'torch' not in sys.modules"
+    code = "import sys, pipeline.configuration.validation, models.saved_files; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import PROJECT_ROOT
+from pipeline.configuration.hydra import PROJECT_ROOT
 
 SLURM_SCRIPTS = PROJECT_ROOT / "slurm"
 
@@ -226,7 +226,7 @@ def test_a_failed_job_is_reported_and_its_dependents_never_start(slurm_cluster, 
     """A corrupt trajectory shard on the shared disk: the trajectories job raises, Slurm records FAILED, everything
     after it is cancelled without starting, and status names the job, its log and the error."""
     from pipeline.stages import trajectories
-    from pipeline.stages.common import StageContext
+    from pipeline.stages.context import StageContext
     from tests.conftest import compose_config
 
     ctx = StageContext(compose_config(["+experiment=micro", f"output_dir={tmp_path}"]))
@@ -301,7 +301,7 @@ def test_a_requeued_sweep_skips_finished_settings_and_ends_as_a_local_run(slurm_
     assert attempts(slurm_cluster, job)[0] == "REQUEUED"
 
     log_text = (tmp_path / "slurm" / "micro" / "jobs" / f"{job}_0_log.err").read_text()
-    runs = log_text.split("pipeline.cluster][INFO] - sweep job:")
+    runs = log_text.split("pipeline.execution.slurm][INFO] - sweep job:")
     assert len(runs) == 3, "one log section per run"
     assert "complete, reusing vanilla" in runs[2]
     cluster = sweep_metrics(tmp_path)

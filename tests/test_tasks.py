@@ -10,7 +10,7 @@ from itertools import permutations
 import pandas as pd
 import pytest
 
-from pipeline.errors import ConfigError, InputError
+from models.errors import ConfigError, InputError
 from pipeline.tasks import hub
 from pipeline.tasks.base import Example
 from pipeline.tasks.gsm8k import GSM8K, flexible_answer, strict_answer

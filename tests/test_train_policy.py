@@ -12,7 +12,7 @@ import torch
 from models.filter import BlockFilter, FilterConfig
 from pipeline.decoding.loop import generate_batch
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.policy_training import (
+from pipeline.learning.policy import (
     Decisions,
     PromptSchedule,
     SampledFilter,
@@ -153,9 +153,9 @@ def test_the_stage_trains_resumes_and_its_policy_decodes_in_the_sweep(tmp_path):
     assert timed.returncode == 0, timed.stderr[-3000:]
     assert "benchmark rl_filter t=0.9 L=32" in timed.stderr
 
+    from pipeline.runtime.tracking import Tracker
     from pipeline.stages import train_policy
-    from pipeline.stages.common import StageContext
-    from pipeline.tracking import Tracker
+    from pipeline.stages.context import StageContext
 
     ctx = StageContext(compose_config(["+experiment=micro", "filter=transformer1", *TINY_RL,
                                        f"output_dir={out}", "logger=none", "progress=false"]))
@@ -174,7 +174,7 @@ def test_the_stage_trains_resumes_and_its_policy_decodes_in_the_sweep(tmp_path):
 
 def test_a_longer_window_experiment_shares_the_policy_of_the_one_that_trained_it():
     from pipeline.stages import train_policy
-    from pipeline.stages.common import StageContext
+    from pipeline.stages.context import StageContext
 
     keys = {experiment: train_policy.spec(StageContext(compose_config([f"+experiment={experiment}"]))).key
             for experiment in ("frontier_chain_full", "frontier_chain_full_256", "frontier_chain_16")}

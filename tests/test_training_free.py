@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.decoding.policies import StepView, build_policy
+from pipeline.decoding.policies import build_policy
 from pipeline.decoding.settings import DecodeSettings
+from pipeline.decoding.step import StepView
 from pipeline.decoding.training_free import CreditDecoding, LocalLeap, Prophet
 from tests.test_cli import MICRO, run_cli
 

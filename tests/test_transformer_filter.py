@@ -57,7 +57,7 @@ def test_a_trained_transformer_filter_decodes_blocks_it_was_not_trained_at(tmp_p
         nfe = float(result.stdout.split("NFE")[1].split("mean")[1].split(",")[0])
         assert 1 <= nfe < 32, "parallel: fewer passes than one token per step"
     cfg = compose_config(["+experiment=micro", "filter=transformer1", "sweep.block_length=32"])
-    from pipeline.validation import validate
+    from pipeline.configuration.validation import validate
 
     assert validate(cfg) == ["trajectories", "train_filter", "sweep", "aggregate"], \
         "a transformer filter is not tied to the trajectories' block length"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from pipeline.decoding.policies import StepView
+    from pipeline.decoding.step import StepView
 
 
 def _entropy(view: StepView, steps: int) -> torch.Tensor:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 import torch
 from tqdm.auto import tqdm
 
+from models.errors import ConfigError, DecodeStall, NonFiniteError
 from pipeline.decoding.eotp import Sequences, Step, build_end_rule
-from pipeline.decoding.policies import Policy, StepView
 from pipeline.decoding.ranking import Ranker, ReferenceRanker, ranking_dtype
 from pipeline.decoding.schedule import dream_count, dream_share, gumbel_argmax, vanilla_schedule
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.errors import ConfigError, DecodeStall, NonFiniteError
+from pipeline.decoding.step import Policy, StepView
 
 
 @dataclass

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import ConfigError
+from models.errors import ConfigError
 
 # The policies and the settings each one reads (beyond the loop's): the names a config may use.
 POLICY_PARAMETERS: dict[str, tuple[str, ...]] = {

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.decoding.policies import Policy, StepView
+from models.errors import ConfigError, NonFiniteError
 from pipeline.decoding.settings import check_probability
-from pipeline.errors import ConfigError, NonFiniteError
+from pipeline.decoding.step import Policy, StepView
 
 
 class LocalLeap(Policy):

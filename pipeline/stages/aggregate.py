@@ -25,20 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
+from pipeline.artifacts.store import Artifact, ArtifactSpec, code_digest
+from pipeline.configuration.command import expand_grid
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.plan import expand_grid
+from pipeline.runtime.tracking import tracking
 from pipeline.stages import sweep
-from pipeline.stages.common import StageContext, model_identity, plain
-from pipeline.tracking import tracking
+from pipeline.stages.context import StageContext, model_identity, plain
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.backend_bases import RendererBase
-    from matplotlib.lines import Line2D
-    from matplotlib.path import Path as Polyline
     from matplotlib.text import Annotation
-    from matplotlib.transforms import Bbox
 
 log = logging.getLogger(__name__)
 CODE = ("pipeline/stages/aggregate.py",)
@@ -50,26 +47,25 @@ LEARNED = ("filter", "rl_filter")  # the supervised filter and the policy fine-t
 COLUMNS = ("label", "policy", "parameter", "eotp", "cache", "threshold", "gen_length", "accuracy", "full_match",
            "nfe_mean", "nfe_p50", "nfe_p90", "speedup_nfe", "speedup_wall", "tokens_per_s", "wall_time_s",
            "frontier_nfe", "frontier_wall", "key")
-# policy -> (colour, marker, side of the marker its annotations try first): the learned filter in a strong colour,
-# the rules muted, and each family's annotations on a side of their own, so families sharing a point stay legible
-STYLES: dict[str, tuple[str, str, tuple[int, int]]] = {
-    "filter": ("#d62728", "P", (1, 1)),
-    "rl_filter": ("#ff7f0e", "h", (1, 1)),
-    "local_leap": ("#6bb0b0", "<", (1, -1)),
-    "credit": ("#c08fa0", ">", (-1, 1)),
-    "prophet": ("#a0a060", "d", (0, -1)),
-    "threshold": ("#5f87ad", "o", (1, -1)),
-    "factor": ("#7a9e7a", "^", (-1, 1)),
-    "entropy_bounded": ("#b0916b", "v", (-1, -1)),
-    "klass": ("#9884b5", "D", (0, 1)),
-    "vanilla": ("#8c8c8c", "s", (1, 1)),
-    "egp": ("#3a3a3a", "*", (0, 1)),
+# policy -> (colour, marker): the learned filter in a strong colour, the rules muted
+STYLES: dict[str, tuple[str, str]] = {
+    "filter": ("#d62728", "P"),
+    "rl_filter": ("#ff7f0e", "h"),
+    "local_leap": ("#6bb0b0", "<"),
+    "credit": ("#c08fa0", ">"),
+    "prophet": ("#a0a060", "d"),
+    "threshold": ("#5f87ad", "o"),
+    "factor": ("#7a9e7a", "^"),
+    "entropy_bounded": ("#b0916b", "v"),
+    "klass": ("#9884b5", "D"),
+    "vanilla": ("#8c8c8c", "s"),
+    "egp": ("#3a3a3a", "*"),
 }
-OTHER_STYLE = ("#b0b0b0", "X", (1, 1))
-SIDES = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))  # (x, y) signs of an annotation
+OTHER_STYLE = ("#b0b0b0", "X")
 MARKER_ROOM = 6  # points around a marker (a frontier circle's radius) that no annotation covers
-DISTANCES = (7, 12, 18, 26, 36, 48)  # points from its marker to an annotation, tried in turn: near first
-LEADER_FROM = 18  # annotations this far from their marker get a line to it
+LEADER_FROM = 9  # annotations whose edge ends this many points or more from their marker get a line to it
+# adjustText's iterations: a fixed number (not its default time limit), so that every run draws the same plot
+ADJUST_STEPS = 500
 
 
 def collect(ctx: StageContext, upstream: bool) -> list[Artifact]:
@@ -396,12 +392,10 @@ def point_labels(points: list[dict[str, Any]], speed: str) -> list[tuple[float, 
 
 @dataclass
 class Note:
-    """A point's annotation on the plot, before it is placed: the family it belongs to, the side of the marker it
-    tries first, and the settings it names."""
+    """A point's annotation on the plot, before it is placed: the family it belongs to and the settings it names."""
 
     annotation: Annotation
     policy: str
-    side: tuple[int, int]
     names: list[str]
 
 
@@ -425,74 +419,24 @@ def merge_neighbours(ax: Axes, notes: list[Note], room: float) -> list[tuple[Not
 
 
 def place_annotations(ax: Axes, notes: list[Note], renderer: RendererBase) -> None:
-    """Merge the annotations of overlapping markers, then move each to the nearest spot, its preferred side first,
-    where it stays inside the axes, covers no other annotation, marker or the legend, is nearer its own markers than
-    any other, and crosses no line; failing that, to the spot that clashes least. A far one keeps a thin line to its
-    marker. Needs the figure laid out (drawn) once."""
+    """Merge the annotations of overlapping markers, then let adjustText move them, inside the axes, clear of each
+    other, of every marker and of the legend; one moved away from its marker keeps a thin line to it, in its colour.
+    Needs the figure laid out (drawn) once."""
+    from adjustText import adjust_text
     from matplotlib.transforms import Bbox
 
-    room = MARKER_ROOM * renderer.points_to_pixels(1.0)
+    points = renderer.points_to_pixels(1.0)
+    room = MARKER_ROOM * points
     groups = merge_neighbours(ax, notes, room)
     legend = ax.get_legend()
-    taken = [legend.get_window_extent(renderer)] if legend else []
-    taken += [Bbox.from_extents(x - room, y - room, x + room, y + room) for _, points in groups for x, y in points]
-    lines = [drawn_path(line) for line in ax.get_lines()]
-    frame = ax.get_window_extent(renderer)
-    for note, own in groups:
-        others = [p for n, points in groups if n is not note for p in points]  # markers it could be taken for
-        best, fewest = (note.side, DISTANCES[0]), math.inf
-        for distance in DISTANCES:
-            for side in (note.side, *(s for s in SIDES if s != note.side)):
-                box = move(note.annotation, side, distance, renderer)
-                misleading = min((gap(box, p) for p in others), default=math.inf) < min(gap(box, p) for p in own)
-                score = clashes(box, taken, lines, frame) + 4 * misleading
-                if score < fewest:
-                    best, fewest = (side, distance), score
-            if not fewest:
-                break
-        taken.append(move(note.annotation, *best, renderer))
-        if best[1] < LEADER_FROM:  # near enough to need no line
-            note.annotation.arrowprops = note.annotation.arrow_patch = None
-
-
-def move(annotation: Annotation, side: tuple[int, int], distance: int, renderer: RendererBase) -> Bbox:
-    """Put an annotation ``distance`` points from its marker on ``side``; returns its text's display box."""
-    from matplotlib.text import Text
-
-    annotation.xyann = (side[0] * distance, side[1] * distance)
-    annotation.set_horizontalalignment({1: "left", 0: "center", -1: "right"}[side[0]])
-    annotation.set_verticalalignment({1: "bottom", 0: "center", -1: "top"}[side[1]])
-    return Text.get_window_extent(annotation, renderer)
-
-
-def clashes(box: Bbox, boxes: list[Bbox], lines: list[Polyline], frame: Bbox) -> int:
-    """How badly a label's box sits: 10 for each box it covers and for leaving the frame, 1 for each line it
-    crosses (a line behind a label still reads)."""
-    inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
-    return (10 * (sum(overlap(box, other) for other in boxes) + (not inside))
-            + sum(line.intersects_bbox(box, filled=False) for line in lines))
-
-
-def overlap(a: Bbox, b: Bbox) -> bool:
-    """Whether two display boxes share some area (touching edges do not count)."""
-    return min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0)
-
-
-def gap(box: Bbox, point: Point) -> float:
-    """The distance from a display point to a box (0 inside it)."""
-    x, y = point
-    return math.hypot(max(box.x0 - x, 0, x - box.x1), max(box.y0 - y, 0, y - box.y1))
-
-
-def drawn_path(line: Line2D) -> Polyline:
-    """A plotted line as drawn, in display coordinates (with its steps, if it has them)."""
-    from matplotlib.cbook import STEP_LOOKUP_MAP
-    from matplotlib.path import Path as Polyline
-
-    xy = line.get_xydata()
-    if line.get_drawstyle() != "default" and len(xy):
-        xy = list(zip(*STEP_LOOKUP_MAP[line.get_drawstyle()](*xy.T)))
-    return Polyline(line.axes.transData.transform(xy))
+    avoid = [Bbox.from_extents(x - room, y - room, x + room, y + room) for _, own in groups for x, y in own]
+    avoid += [legend.get_window_extent(renderer)] if legend else []
+    to_data = ax.transData.inverted()  # adjustText takes the boxes to avoid in data coordinates
+    _, leaders = adjust_text([note.annotation for note, _ in groups], ax=ax, iter_lim=ADJUST_STEPS,
+                             objects=[box.transformed(to_data) for box in avoid], min_arrow_len=LEADER_FROM * points,
+                             arrowprops={"arrowstyle": "-", "linewidth": 0.5, "shrinkA": 1, "shrinkB": MARKER_ROOM})
+    for leader in leaders:
+        leader.set_color(leader.patchA.get_color())
 
 
 def legend_order(series: tuple[str, bool, str]) -> tuple[int, str, bool, str]:
@@ -522,7 +466,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
             speed = f"speedup_{axis}"
             series = sorted({(r["policy"], r["eotp"], r["cache"]) for r in group}, key=legend_order)
             for policy, eotp, cache in series:
-                colour, marker, _ = STYLES.get(policy, OTHER_STYLE)
+                colour, marker = STYLES.get(policy, OTHER_STYLE)
                 pts = sorted((r for r in group if (r["policy"], r["eotp"], r["cache"]) == (policy, eotp, cache)),
                              key=lambda r: r[speed])
                 drawn = point_labels(pts, speed)
@@ -533,16 +477,13 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
                         linewidth=2 if learned else 1.2, markersize=8 if learned else 6, zorder=4 if learned else 2,
                         label=label)
             for policy in dict.fromkeys(policy for policy, _, _ in series):  # one annotation per point and family
-                colour, _, side = STYLES.get(policy, OTHER_STYLE)
+                colour, _ = STYLES.get(policy, OTHER_STYLE)
                 pts = sorted((r for r in group if r["policy"] == policy), key=lambda r: r[speed])
                 for x, y, names in point_labels(pts, speed):
                     if math.isfinite(x):  # placed once the figure is laid out; the layout leaves them out
-                        annotation = ax.annotate(
-                            combine(names), (x, y), xytext=(0, 0), textcoords="offset points", fontsize=6.5,
-                            color=colour, zorder=5, in_layout=False, arrowprops={
-                                "arrowstyle": "-", "color": colour, "linewidth": 0.5, "shrinkA": 1,
-                                "shrinkB": MARKER_ROOM})
-                        notes.setdefault(ax, []).append(Note(annotation, policy, side, names))
+                        annotation = ax.annotate(combine(names), (x, y), fontsize=6.5, color=colour, zorder=5,
+                                                 in_layout=False)
+                        notes.setdefault(ax, []).append(Note(annotation, policy, names))
             front = sorted((r for r in group if r[f"frontier_{axis}"]), key=lambda r: r[speed])
             ax.plot([p[speed] for p in front], [100 * p["accuracy"] for p in front], color="black",
                     linewidth=1, drawstyle="steps-post", zorder=0)

@@ -21,18 +21,18 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
-from pipeline.data import encode_prompt
+from pipeline.artifacts.store import Artifact, ArtifactSpec, code_digest
+from pipeline.configuration.command import expand_grid, trains_filter, trains_policy
 from pipeline.decoding.loop import DecodeOutput
 from pipeline.decoding.policies import build_policy
 from pipeline.decoding.reference import llada_generate
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.evaluation import reference_outputs, run_decode, summarize
-from pipeline.plan import expand_grid, trains_filter, trains_policy
+from pipeline.evaluation.setting import reference_outputs, run_decode, summarize
+from pipeline.runtime.tracking import tracking
 from pipeline.stages import train_filter, train_policy
-from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain
+from pipeline.stages.context import DECODING_CODE, StageContext, model_identity, plain
 from pipeline.stages.sweep import describe, vanilla_of
-from pipeline.tracking import tracking
+from pipeline.tasks.prompts import encode_prompt
 
 log = logging.getLogger(__name__)
 CODE = (*DECODING_CODE, "models/filter.py", "pipeline/stages/benchmark.py")

@@ -11,10 +11,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.config import resolve_device
-from pipeline.evaluation import evaluate_setting
-from pipeline.modeling import load_model
-from pipeline.plan import decode_settings
+from pipeline.configuration.command import decode_settings
+from pipeline.evaluation.setting import evaluate_setting
+from pipeline.modeling.device import resolve_device
+from pipeline.modeling.loading import load_model
 from pipeline.stages.sweep import describe
 from pipeline.tasks.registry import build_task
 

@@ -17,15 +17,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models.tokenizer import build_char_tokenizer
-from pipeline import preemption
-from pipeline.config import resolve_device
-from pipeline.data import PretrainStream, decode_answer, encode_prompt
 from pipeline.decoding.loop import decode
 from pipeline.decoding.policies import Vanilla
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.pretrain import DiffusionPretraining
-from pipeline.progress import FiniteTraining, TrainingDiverged, bar_wanted
-from pipeline.stages.common import quiet_lightning
+from pipeline.learning.pretrain import DiffusionPretraining
+from pipeline.modeling.device import resolve_device
+from pipeline.runtime import preemption
+from pipeline.runtime.progress import FiniteTraining, TrainingDiverged, bar_wanted
+from pipeline.stages.context import quiet_lightning
+from pipeline.tasks.prompts import PretrainStream, decode_answer, encode_prompt
 from pipeline.tasks.registry import build_task
 
 log = logging.getLogger(__name__)

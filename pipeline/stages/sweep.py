@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from pipeline.artifacts import (
+from pipeline.artifacts.store import (
     TIMING,
     Artifact,
     ArtifactSpec,
@@ -29,12 +29,12 @@ from pipeline.artifacts import (
     folder_digest,
     write_json_atomic,
 )
+from pipeline.configuration.command import is_multirun, sweep_settings, trains_filter, trains_policy
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.evaluation import evaluate_setting
-from pipeline.plan import is_multirun, sweep_settings, trains_filter, trains_policy
+from pipeline.evaluation.setting import evaluate_setting
+from pipeline.runtime.tracking import tracking
 from pipeline.stages import train_filter, train_policy
-from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain
-from pipeline.tracking import tracking
+from pipeline.stages.context import DECODING_CODE, StageContext, model_identity, plain
 
 log = logging.getLogger(__name__)
 CODE = (*DECODING_CODE, "models/filter.py", "pipeline/stages/sweep.py")

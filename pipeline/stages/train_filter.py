@@ -3,7 +3,7 @@
 Writes the filter (``filter/``, loadable by ``decode.filter_path``), Lightning checkpoints (a killed run resumes
 from ``checkpoints/last.ckpt`` inside the artifact's work directory, keeping the history in ``logs/``) and the
 validation and test metrics. Training that diverges stops in one line naming ``train_filter.lr`` and leaves no work
-directory (:func:`pipeline.stages.common.cleared_if_diverged`).
+directory (:func:`pipeline.stages.context.cleared_if_diverged`).
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 
-from pipeline import preemption
-from pipeline.artifacts import Artifact, ArtifactSpec, code_digest
-from pipeline.errors import InputError
-from pipeline.progress import EpochLog, FiniteTraining, StepRow, bar_wanted, history_logger, step_row
+from models.errors import InputError
+from pipeline.artifacts.store import Artifact, ArtifactSpec, code_digest
+from pipeline.runtime import preemption
+from pipeline.runtime.progress import EpochLog, FiniteTraining, StepRow, bar_wanted, history_logger, step_row
+from pipeline.runtime.tracking import tracking
 from pipeline.stages import trajectories
-from pipeline.stages.common import StageContext, cleared_if_diverged, plain, quiet_lightning
-from pipeline.tracking import tracking
+from pipeline.stages.context import StageContext, cleared_if_diverged, plain, quiet_lightning
 
 log = logging.getLogger(__name__)
-CODE = ("pipeline/stages/train_filter.py", "pipeline/filter_training.py", "models/filter.py",
-        "pipeline/trajectory_data.py")
+CODE = ("pipeline/stages/train_filter.py", "pipeline/learning/filter.py", "models/filter.py",
+        "pipeline/learning/trajectories.py")
 SPEED_ONLY = ("val_every_n_epochs", "checkpoint_every_n_epochs")  # when to look and save, not what is learned
 
 
@@ -86,7 +86,7 @@ def ensure(ctx: StageContext, upstream: bool = False, round_: int | None = None)
 
 
 def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict:
-    from pipeline.filter_training import (
+    from pipeline.learning.filter import (
         FilterModule,
         TrajectoryDataModule,
         choose_threshold,

@@ -5,7 +5,7 @@ saved filter (``policy/``, loadable by ``decode=rl_filter decode.filter_path=...
 best on held-out training prompts, what was learned (``metrics.json``), what it cost (``timing.json``, beside the
 record: wall-clock seconds differ between identical runs) and the per-update figures (``logs/``, and W&B). A killed
 run resumes from ``checkpoints/last.ckpt`` in the artifact's work directory with its history and its seconds. See
-:mod:`pipeline.policy_training` for the method.
+:mod:`pipeline.learning.policy` for the method.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import lightning as L
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 
-from pipeline import preemption
-from pipeline.artifacts import TIMING, Artifact, ArtifactSpec, code_digest, write_json_atomic
+from pipeline.artifacts.store import TIMING, Artifact, ArtifactSpec, code_digest, write_json_atomic
+from pipeline.configuration.command import decode_settings
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.plan import decode_settings
-from pipeline.progress import (
+from pipeline.runtime import preemption
+from pipeline.runtime.progress import (
     FiniteTraining,
     StepRow,
     TrainingClock,
@@ -32,8 +32,9 @@ from pipeline.progress import (
     last_logged,
     step_row,
 )
+from pipeline.runtime.tracking import tracking
 from pipeline.stages import train_filter
-from pipeline.stages.common import (
+from pipeline.stages.context import (
     DECODING_CODE,
     StageContext,
     cleared_if_diverged,
@@ -42,10 +43,9 @@ from pipeline.stages.common import (
     quiet_lightning,
 )
 from pipeline.stages.train_filter import resumable
-from pipeline.tracking import tracking
 
 log = logging.getLogger(__name__)
-CODE = (*DECODING_CODE, "models/filter.py", "pipeline/policy_training.py", "pipeline/stages/train_policy.py")
+CODE = (*DECODING_CODE, "models/filter.py", "pipeline/learning/policy.py", "pipeline/stages/train_policy.py")
 SPEED_ONLY = ("val_every_n_updates", "checkpoint_every_n_updates")  # when to look and save, not what is learned
 
 
@@ -86,7 +86,7 @@ def ensure(ctx: StageContext, upstream: bool = False) -> Artifact:
 
 def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
     from models.filter import BlockFilter
-    from pipeline.policy_training import Environment, PolicyGradientModule, PromptSchedule, loaders
+    from pipeline.learning.policy import Environment, PolicyGradientModule, PromptSchedule, loaders
 
     cfg, tp = ctx.cfg, ctx.cfg.train_policy
     L.seed_everything(tp.seed, workers=True)
@@ -153,7 +153,7 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
 def warm_start(network, center: bool, fallback: float):
     """The supervised filter as the policy starts from it: with ``center``, its logits shifted so probability 0.5
     sits at its validated threshold (``train_filter.threshold`` where it stores none)."""
-    from pipeline.policy_training import center_on
+    from pipeline.learning.policy import center_on
 
     if not center:
         return network

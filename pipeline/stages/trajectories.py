@@ -21,19 +21,20 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.artifacts import Artifact, ArtifactSpec, atomic_dir, code_digest, write_json_atomic
-from pipeline.data import encode_prompt
+from pipeline.artifacts.store import Artifact, ArtifactSpec, atomic_dir, code_digest, write_json_atomic
 from pipeline.decoding.features import HISTORY_FEATURES, block_features
-from pipeline.decoding.policies import ExtremelyGreedy, LearnedFilter, Policy, StepView, Vanilla
+from pipeline.decoding.policies import ExtremelyGreedy, LearnedFilter, Vanilla
 from pipeline.decoding.settings import DecodeSettings
-from pipeline.evaluation import reference_outputs, run_decode
-from pipeline.stages.common import DECODING_CODE, StageContext, model_identity, plain
+from pipeline.decoding.step import Policy, StepView
+from pipeline.evaluation.setting import reference_outputs, run_decode
+from pipeline.learning.trajectories import check_finite, load_shards, shard_name
+from pipeline.stages.context import DECODING_CODE, StageContext, model_identity, plain
 from pipeline.tasks.base import Task
+from pipeline.tasks.prompts import encode_prompt
 from pipeline.tasks.registry import build_task
-from pipeline.trajectory_data import check_finite, load_shards, shard_name
 
 log = logging.getLogger(__name__)
-CODE = (*DECODING_CODE, "pipeline/stages/trajectories.py", "pipeline/trajectory_data.py")
+CODE = (*DECODING_CODE, "pipeline/stages/trajectories.py", "pipeline/learning/trajectories.py")
 
 
 def settings(cfg: DictConfig) -> DecodeSettings:
@@ -232,7 +233,7 @@ def shard_statistics(shards: Path, names: list[str]) -> dict:
 
 def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact | None:
     ctx = ctx or StageContext(cfg)
-    from pipeline.tracking import tracking
+    from pipeline.runtime.tracking import tracking
 
     artifact = ensure(ctx)
     if artifact is not None:

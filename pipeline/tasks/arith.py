@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import random
 
-from pipeline.errors import ConfigError
+from models.errors import ConfigError
 from pipeline.tasks.base import Example, SampledTask, check_split
 
 

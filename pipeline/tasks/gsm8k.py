@@ -15,7 +15,7 @@ import functools
 import random
 import re
 
-from pipeline.errors import ConfigError, InputError
+from models.errors import ConfigError, InputError
 from pipeline.tasks.base import Example, Task, check_split
 from pipeline.tasks.hub import check_path, download_fix, load_split, require_fields
 

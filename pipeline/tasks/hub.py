@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from models.errors import InputError
 
 DATA_SUFFIXES = (".parquet", ".jsonl")
 _CACHE: dict[tuple[str, str, str | None, str], list[dict[str, Any]]] = {}

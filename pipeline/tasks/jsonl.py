@@ -15,7 +15,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError
+from models.errors import ConfigError, InputError
 from pipeline.tasks.base import Example, Task, check_split
 from pipeline.tasks.hub import json_lines
 

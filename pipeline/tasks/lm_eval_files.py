@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, UserError, first_line
+from models.errors import InputError, UserError, first_line
 
 TASK_FILE_FIX = "fix the file (lm-eval skips a task file it cannot read)"
 # A task file's names, read as text: ``task:``/``group:``/``tag:`` (keys quoted or not) with one value, a flow list
@@ -165,3 +165,19 @@ def registered_in(files: set[str], includers: dict[str, set[str]]) -> set[str]:
         with contextlib.suppress(UserError):  # lm-eval skips what it cannot read
             names |= names_of(read_task_file(Path(path)))
     return names
+
+
+ALLOW_DOWNLOAD = "--allow_download"
+
+
+def missing_dataset(error: BaseException) -> InputError | None:
+    """A dataset lm-eval could not read offline, as the one line that says how to get it."""
+    text = str(error)
+    offline = ("offline" in text.lower() or "couldn't find" in text.lower() or "doesn't exist on the hub" in
+               text.lower() or type(error).__name__ in ("DatasetNotFoundError", "LocalEntryNotFoundError"))
+    if not offline:
+        return None
+    name = next((word.strip("'\".,") for word in text.split() if "/" in word.strip("'\".,")), "the task's dataset")
+    return InputError(name, "the dataset is not available offline",
+                      f"fetch it with `huggingface-cli download {name} --repo-type dataset`, or rerun with "
+                      f"{ALLOW_DOWNLOAD}")

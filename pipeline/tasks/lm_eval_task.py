@@ -16,9 +16,10 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError, UserError, first_line
+from models.errors import ConfigError, InputError, UserError, first_line
 from pipeline.tasks.base import SPLITS, Example, Score, Task, check_split
 from pipeline.tasks.hub import json_lines
+from pipeline.tasks.lm_eval_files import missing_dataset
 
 
 def load_with_overrides(manager: Any, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +72,6 @@ class LmEvalTask(Task):
         from datasets.exceptions import DatasetGenerationError
         from lm_eval.tasks import TaskManager
 
-        from pipeline.lm_eval import missing_dataset
         from pipeline.tasks.hub import offline
 
         manager = None

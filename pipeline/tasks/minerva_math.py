@@ -18,7 +18,7 @@ import functools
 import re
 from pathlib import Path
 
-from pipeline.errors import ConfigError, InputError
+from models.errors import ConfigError, InputError
 from pipeline.tasks.base import Example, Task, check_split
 from pipeline.tasks.hub import check_path, download_fix, load_split, require_fields
 

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.errors import ConfigError
+from models.errors import ConfigError
 from pipeline.tasks.arith import ChainedAddition
 from pipeline.tasks.base import Task
 from pipeline.tasks.chain import DigitSumChain

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.decoding.policies import StepView
 from pipeline.decoding.settings import DecodeSettings
+from pipeline.decoding.step import StepView
 
 
 @dataclass
