@@ -1,5 +1,6 @@
-"""The README's commands run as written: each documented ``python -m pipeline`` line, sized down to the micro
-experiment, composes and validates, and every one that does not need a Slurm cluster runs to the end."""
+"""The documented commands run as written: each ``python -m pipeline`` line of a fenced bash block in the README or
+in the documentation (``docs/**/*.md``), sized down to the micro experiment, composes and validates, and every one
+that does not need a Slurm cluster runs to the end."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import shlex
 import pytest
 
 from pipeline.cli import preflight
-from pipeline.config import PROJECT_ROOT
+from pipeline.configuration.hydra import PROJECT_ROOT
 from tests.test_cli import run_cli
 
 SIZED_DOWN = {  # per stage: overrides that keep a documented command to seconds
@@ -32,13 +33,24 @@ SIZED_DOWN_MODELS = {  # per experiment timing a real architecture: a few layers
 }
 
 
+DOCUMENTED = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").rglob("*.md"))]
+
+
+def bash_lines(path) -> list[str]:
+    """Every line of the fenced bash blocks of one Markdown file."""
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
+    return [line for block in blocks for line in block.splitlines()]
+
+
 def documented_commands() -> list[str]:
-    """Every line of a fenced code block in the README that runs the pipeline (the set-up lines included)."""
-    blocks = re.findall(r"```bash\n(.*?)```", (PROJECT_ROOT / "README.md").read_text(), re.S)
+    """Every ``python -m pipeline`` line of a fenced bash block in the README and the documentation (the set-up
+    lines included), each once, in the order they are first documented."""
     commands = []
-    for line in (line for block in blocks for line in block.splitlines()):
-        if "python -m pipeline" in line:
-            commands.append(line.split("python -m pipeline", 1)[1].strip())
+    for line in (line for path in DOCUMENTED for line in bash_lines(path)):
+        if "python -m pipeline " in line:
+            command = line.split("python -m pipeline ", 1)[1].strip()
+            if command not in commands:
+                commands.append(command)
     return commands
 
 
@@ -56,6 +68,10 @@ def sized_down(command: str, tmp_path) -> list[str]:
 
 
 def test_the_readme_documents_the_commands_this_test_runs():
+    readme = bash_lines(PROJECT_ROOT / "README.md")
+    assert any(line.endswith("&& python -m pipeline +experiment=tiny") for line in readme)  # set up and go
+    assert any(line.endswith("&& python -m pytest -q") for line in readme)  # install and run the tests
+    assert len(DOCUMENTED) > 1, "the documentation pages (docs/*.md) were not found"
     assert len(COMMANDS) >= 7 and "+experiment=tiny" in COMMANDS and "stage=pretrain" in COMMANDS
 
 
