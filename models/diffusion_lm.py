@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from models.attention import BlockCache, KeySpans, attend
@@ -184,3 +184,7 @@ class DiffusionLM(PreTrainedModel):
             layer_past = None if past is None else (past.keys[layer], past.values[layer])
             x = block(x, cos, sin, key_mask, layer_past, past_offset, record)
         return DiffusionLMOutput(logits=self.lm_head(self.norm(x)), cache=record)
+
+
+AutoConfig.register(DiffusionLMConfig.model_type, DiffusionLMConfig, exist_ok=True)
+AutoModel.register(DiffusionLMConfig, DiffusionLM, exist_ok=True)

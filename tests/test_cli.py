@@ -167,7 +167,7 @@ def test_pretraining_a_micro_model_for_a_few_steps_saves_a_loadable_model(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation exact match" in result.stderr
     assert result.stdout == "", "stdout carries results only"
-    import models  # noqa: F401
+    import models.diffusion_lm  # noqa: F401  (registers the embedded model)
 
     model = AutoModel.from_pretrained(save_to)
     assert model.config.num_hidden_layers == 1

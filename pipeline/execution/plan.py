@@ -1,23 +1,25 @@
-"""The pipeline as a DAG of cluster jobs, planned from the artifact keys alone (nothing is decoded or trained).
+"""The one plan of a command: the graph of its stages' nodes, computed from the artifact keys alone (nothing is
+decoded or trained), for every executor. The local executor (:mod:`pipeline.execution.local`) runs the nodes in
+order in one process; the Slurm launcher (:mod:`pipeline.execution.slurm`) submits them as arrays of jobs.
 
-A node is one array of jobs running one stage: trajectory shards, filter training (which drives any on-policy
-rounds itself), the policy's reinforcement fine-tuning (when the grid decodes with it), the sweep's settings
-(rules at once, learned settings after the filter and the policy) and the aggregation. A node whose artifacts
-are complete is not run; one whose upstream runs again is run again, and its own job then reuses whatever is
-still current (the stages' usual checks).
+A node is one stage's work, split in parts a cluster runs as array tasks: trajectory shards, filter training
+(which drives any on-policy rounds itself), the policy's reinforcement fine-tuning (when the grid decodes with it),
+the sweep's settings (rules at once, learned settings after the filter and the policy), the aggregation, and a
+stage run whole (benchmark, evaluate, pretrain, score_references). A node whose artifacts are complete has no parts
+to submit; one whose upstream runs again is run again, and its own run then reuses whatever is still current (the
+stages' usual checks).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.configuration.command import expand_grid, stages_to_run
+from pipeline.artifacts.store import ArtifactSpec
+from pipeline.configuration.command import stages_to_run, sweep_settings
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.learning.trajectories import shard_name
 from pipeline.stages import aggregate, sweep, train_filter, train_policy, trajectories
 from pipeline.stages.context import StageContext
-
-DAG_STAGES = ("all", "trajectories", "train_filter", "train_policy", "sweep", "aggregate")
 
 
 @dataclass
@@ -33,16 +35,18 @@ class Node:
     done: int = 0  # pieces already complete (shards, settings)
     total: int = 1
     keys: list[str] = field(default_factory=list)
+    items: list[int] | None = None  # every piece the node covers (the sweep's settings), missing or not
 
     @property
     def complete(self) -> bool:
         return not self.parts
 
 
-def plan(ctx: StageContext) -> list[Node]:
-    """The nodes of ``cfg.stage`` (``all``: the whole pipeline), upstream first, each knowing what is missing."""
+def plan(ctx: StageContext, multirun: bool = False) -> list[Node]:
+    """The nodes of ``cfg.stage`` and of what it needs (``all``: the whole pipeline), upstream first, each knowing
+    what is missing. In a Hydra multirun job the sweep is the job's own ``decode`` setting."""
     cfg = ctx.cfg
-    wanted = stages_to_run(cfg, multirun=False) if cfg.stage in DAG_STAGES else []
+    wanted = stages_to_run(cfg, multirun)
     nodes: list[Node] = []
     rerun: set[str] = set()  # nodes that will run, so their dependents must run after them
 
@@ -53,27 +57,31 @@ def plan(ctx: StageContext) -> list[Node]:
             rerun.add(node.name)
         nodes.append(node)
 
+    def whole(stage: str, spec: ArtifactSpec, after: str) -> Node:
+        """A stage run as one job: nothing to run when its artifact is complete."""
+        return Node(stage, stage, [] if ctx.store.load(spec) else [[]], [after] if after in rerun else [],
+                    str(ctx.store.path(spec)), keys=[spec.key])
+
     if "trajectories" in wanted:
         add(trajectory_node(ctx), False)
     if "train_filter" in wanted:
-        s = train_filter.spec(ctx)
-        node = Node("train_filter", "train_filter", [] if ctx.store.load(s) else [[]],
-                    ["trajectories"] if "trajectories" in rerun else [], str(ctx.store.path(s)), keys=[s.key])
-        add(node, "trajectories" in rerun)
+        add(whole("train_filter", train_filter.spec(ctx), "trajectories"), "trajectories" in rerun)
     if "train_policy" in wanted:
-        s = train_policy.spec(ctx)
-        node = Node("train_policy", "train_policy", [] if ctx.store.load(s) else [[]],
-                    ["train_filter"] if "train_filter" in rerun else [], str(ctx.store.path(s)), keys=[s.key])
-        add(node, "train_filter" in rerun)
+        add(whole("train_policy", train_policy.spec(ctx), "train_filter"), "train_filter" in rerun)
+    settings = sweep_settings(cfg, multirun) if {"sweep", "aggregate"} & set(wanted) else []
     if "sweep" in wanted:
-        for node in sweep_nodes(ctx, [n for n in ("train_filter", "train_policy") if n in rerun]):
+        for node in sweep_nodes(ctx, settings, [n for n in ("train_filter", "train_policy") if n in rerun]):
             add(node, bool(node.after))
     if "aggregate" in wanted:
-        keys = {sweep.spec_for(ctx, s).key for s in expand_grid(cfg)} | {a.key for a in aggregate.labelled(ctx)}
+        keys = {sweep.spec_for(ctx, s).key for s in settings} | {a.key for a in aggregate.labelled(ctx)}
         s = aggregate.spec(ctx, sorted(keys))
-        after = [n.name for n in nodes if n.name.startswith("sweep") and n.name in rerun]
+        after = [n.name for n in nodes if n.stage == "sweep" and n.name in rerun]
         add(Node("aggregate", "aggregate", [] if ctx.store.load(s) else [[]], after, str(ctx.store.path(s)),
                  keys=[s.key]), bool(after))
+    for stage in ("benchmark", "evaluate", "score_references", "pretrain"):  # run whole, whatever is stored
+        if stage in wanted:
+            nodes.append(Node(stage, stage, [[]], [n for n in ("train_filter", "train_policy") if n in rerun],
+                              str(cfg.output_dir)))
     return nodes
 
 
@@ -93,12 +101,11 @@ def trajectory_node(ctx: StageContext) -> Node:
                 done=len(shards) - len(missing), total=len(shards), keys=[s.key])
 
 
-def sweep_nodes(ctx: StageContext, learner_reruns: list[str]) -> list[Node]:
+def sweep_nodes(ctx: StageContext, settings: list[DecodeSettings], learner_reruns: list[str]) -> list[Node]:
     """The grid's settings in two arrays: ``sweep`` (rules, vanilla, oracle: they need no filter, so they start
     at once) and ``sweep_filter`` (the learned settings, after the filter and policy stages in ``learner_reruns``
     that run again). An oracle setting shares a task with the vanilla decode whose outputs it replays, so that
     decode runs once."""
-    settings = expand_grid(ctx.cfg)
     keys = [sweep.spec_for(ctx, s).key for s in settings]
     learned = {i for i, s in enumerate(settings) if s.learned and not s.filter_path}
     nodes = []
@@ -111,7 +118,7 @@ def sweep_nodes(ctx: StageContext, learner_reruns: list[str]) -> list[Node]:
         parts = chunk(groups(settings, missing), ctx.cfg.launcher.sweep_tasks)
         nodes.append(Node(name, "sweep", parts, learner_reruns if rerun else [],
                           str(ctx.store.root / "sweep"), done=len(members) - len(missing), total=len(members),
-                          keys=[keys[i] for i in members]))
+                          keys=[keys[i] for i in members], items=members))
     return nodes
 
 

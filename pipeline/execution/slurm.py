@@ -29,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from models.errors import InputError, UserError
 from models.files import read_json_object
 from pipeline.artifacts.store import MANIFEST, ArtifactStore, DamagedArtifactError, to_recompute, write_json_atomic
-from pipeline.execution.plan import DAG_STAGES, Node, plan
+from pipeline.execution.local import prepare, run_node
+from pipeline.execution.plan import Node, plan
 from pipeline.runtime import preemption
 from pipeline.stages.context import StageContext
 
@@ -57,12 +58,13 @@ class StageJob:
         register()
         cfg = job_config(self.cfg, self.stage, part)
         validate(cfg)
-        import torch
-
-        if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
+        prepare(cfg)
         log.info("%s job: %s", self.stage, f"part {part}" if part else "whole stage")
-        return run_part(cfg, self.stage, part)
+        ctx = StageContext(cfg)  # its upstream nodes' artifacts are complete: the job ran after theirs
+        result = run_node(ctx, self.stage, part if self.stage == "sweep" and part else None)
+        if self.stage == "sweep":
+            return f"sweep: {len(result)} settings in {ctx.store.root / 'sweep'}"
+        return f"{self.stage}: {getattr(result, 'path', result)}"
 
     def checkpoint(self, part: list[int]) -> Any:
         """Called by submitit on preemption or near the time limit: save, then requeue the same call."""
@@ -80,20 +82,6 @@ def job_config(cfg: DictConfig, stage: str, part: list[int]) -> DictConfig:
         if stage == "trajectories" and part:
             cfg.trajectories.shard = part[0]
     return cfg
-
-
-def run_part(cfg: DictConfig, stage: str, part: list[int]) -> str:
-    from pipeline.execution.local import run
-
-    if stage != "sweep" or not part:
-        result = run(cfg)
-        return f"{stage}: {getattr(result, 'path', result)}"
-    from pipeline.configuration.command import expand_grid
-    from pipeline.stages import sweep
-
-    ctx, settings = StageContext(cfg), expand_grid(cfg)
-    done = [sweep.evaluate(ctx, settings[i]) for i in part]
-    return f"sweep: {len(done)} settings in {ctx.store.root / 'sweep'}"
 
 
 # ---- submission -------------------------------------------------------------------------------------------------
@@ -116,7 +104,7 @@ def executor(cfg: DictConfig) -> Any:
 def submit(cfg: DictConfig) -> dict[str, Any]:
     """Submit what the experiment misses, print each job and where its results land, and return the record."""
     ctx = StageContext(cfg)
-    nodes = plan(ctx) if cfg.stage in DAG_STAGES else [Node(cfg.stage, cfg.stage, [[]], [], cfg.output_dir)]
+    nodes = plan(ctx)
     folder = Path(cfg.launcher.folder)
     previous = read_record(folder)
     queued = still_queued(previous)

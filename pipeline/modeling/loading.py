@@ -47,7 +47,7 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
     from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
 
-    import models  # noqa: F401  (registers the embedded model with AutoModel)
+    import models.diffusion_lm  # noqa: F401  (registers the embedded model with AutoModel)
     from models.families import adapt, honours_attention_mask
 
     if cfg.random_weights:

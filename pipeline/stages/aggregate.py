@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
-
 from pipeline.artifacts.store import Artifact, ArtifactSpec, code_digest
-from pipeline.configuration.command import expand_grid
+from pipeline.configuration.command import is_multirun, sweep_settings
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.runtime.tracking import tracking
 from pipeline.stages import sweep
@@ -64,18 +62,16 @@ STYLES: dict[str, tuple[str, str]] = {
 OTHER_STYLE = ("#b0b0b0", "X")
 MARKER_ROOM = 6  # points around a marker (a frontier circle's radius) that no annotation covers
 LEADER_FROM = 9  # annotations whose edge ends this many points or more from their marker get a line to it
-# adjustText's iterations: a fixed number (not its default time limit), so that every run draws the same plot
-ADJUST_STEPS = 500
+# adjustText's iterations: a fixed number rather than its default time limit, so that every run draws the same plot
+ADJUST_STEPS = 150
 
 
-def collect(ctx: StageContext, upstream: bool) -> list[Artifact]:
-    """The experiment's planned results (computed if missing, unless reuse_only) plus any others it labelled."""
+def collect(ctx: StageContext) -> list[Artifact]:
+    """The results of the plan's sweep nodes (this command's settings) plus any others the experiment labelled."""
     found: dict[str, Artifact] = {}
-    for setting in expand_grid(ctx.cfg):
-        spec = sweep.spec_for(ctx, setting)
-        # evaluate() reuses a complete result unless its filter or references changed since it was computed
-        reuse_only = upstream and bool(ctx.cfg.reuse_only)
-        found[spec.key] = ctx.store.check_upstream(spec, True) if reuse_only else sweep.evaluate(ctx, setting)
+    for setting in sweep_settings(ctx.cfg, is_multirun()):
+        artifact = ctx.upstream(sweep.spec_for(ctx, setting))
+        found[artifact.key] = artifact
     for artifact in labelled(ctx):
         found.setdefault(artifact.key, artifact)
     return list(found.values())
@@ -428,13 +424,20 @@ def place_annotations(ax: Axes, notes: list[Note], renderer: RendererBase) -> No
     points = renderer.points_to_pixels(1.0)
     room = MARKER_ROOM * points
     groups = merge_neighbours(ax, notes, room)
+    frame = ax.get_window_extent(renderer)
+    for note, _ in groups:  # each starts on its marker's side that faces the middle: an outermost one starts inside
+        x = ax.transData.transform(note.annotation.xy)[0]
+        note.annotation.set_horizontalalignment("right" if x > (frame.x0 + frame.x1) / 2 else "left")
     legend = ax.get_legend()
     avoid = [Bbox.from_extents(x - room, y - room, x + room, y + room) for _, own in groups for x, y in own]
     avoid += [legend.get_window_extent(renderer)] if legend else []
     to_data = ax.transData.inverted()  # adjustText takes the boxes to avoid in data coordinates
+    line = {"arrowstyle": "-", "linewidth": 0.5, "shrinkA": 1, "shrinkB": MARKER_ROOM, "zorder": 5}
+    # annotations push each other harder than by default, so that a cluster's spread out; adjustText's swapping of
+    # annotations whose lines cross is left out: it comes after the other moves and can undo them
     _, leaders = adjust_text([note.annotation for note, _ in groups], ax=ax, iter_lim=ADJUST_STEPS,
-                             objects=[box.transformed(to_data) for box in avoid], min_arrow_len=LEADER_FROM * points,
-                             arrowprops={"arrowstyle": "-", "linewidth": 0.5, "shrinkA": 1, "shrinkB": MARKER_ROOM})
+                             objects=[box.transformed(to_data) for box in avoid], force_text=(0.5, 1.0),
+                             prevent_crossings=False, min_arrow_len=LEADER_FROM * points, arrowprops=line)
     for leader in leaders:
         leader.set_color(leader.patchA.get_color())
 
@@ -481,8 +484,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
                 pts = sorted((r for r in group if r["policy"] == policy), key=lambda r: r[speed])
                 for x, y, names in point_labels(pts, speed):
                     if math.isfinite(x):  # placed once the figure is laid out; the layout leaves them out
-                        annotation = ax.annotate(combine(names), (x, y), fontsize=6.5, color=colour, zorder=5,
-                                                 in_layout=False)
+                        annotation = ax.annotate(  # a pale backing keeps one on a line legible
+                            combine(names), (x, y), fontsize=6.5, color=colour, zorder=5, in_layout=False,
+                            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none",
+                                  "alpha": 0.8})
                         notes.setdefault(ax, []).append(Note(annotation, policy, names))
             front = sorted((r for r in group if r[f"frontier_{axis}"]), key=lambda r: r[speed])
             ax.plot([p[speed] for p in front], [100 * p["accuracy"] for p in front], color="black",
@@ -495,7 +500,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
             ax.set_xlabel(f"speedup over vanilla ({name}{source})")
             ax.set_ylabel("exact-match accuracy (%)")
             ax.set_title(f"gen length {gen_length}: accuracy vs {name} speedup")
-            ax.margins(x=0.08, y=0.1)  # room for the annotations of the outermost points
+            ax.margins(x=0.1, y=0.12)  # room for the annotations of the outermost points
             ax.grid(alpha=0.3)
         row_axes[0].legend(fontsize=7, loc="lower left")
     if title:
@@ -507,9 +512,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
-    ctx = ctx or StageContext(cfg)
-    results = collect(ctx, upstream=True)
+def run(ctx: StageContext, items: list[int] | None = None) -> Artifact:
+    """The frontier of the sweep's results, as a table, a plot and a W&B run."""
+    cfg = ctx.cfg
+    results = collect(ctx)
     if not results:
         raise RuntimeError(f"no sweep results for experiment {cfg.experiment_name!r}; run stage=sweep first")
     timed = latest_benchmark(ctx)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from pipeline.artifacts.store import Artifact, ArtifactSpec, code_digest
 from pipeline.configuration.command import expand_grid, trains_filter, trains_policy
@@ -162,11 +161,13 @@ def markdown(rows: list[dict[str, Any]], batch_size: int | None, device: str) ->
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
-    ctx = ctx or StageContext(cfg)
+def run(ctx: StageContext, items: list[int] | None = None) -> Artifact:
+    """Each setting's latency and throughput at batch 1 (and the batched rate), with the filter and policy the plan's
+    upstream nodes trained."""
+    cfg = ctx.cfg
     settings, b = settings_of(ctx), cfg.benchmark
-    trained = train_filter.ensure(ctx, upstream=True) if trains_filter(settings) else None
-    tuned = train_policy.ensure(ctx, upstream=True) if trains_policy(settings) else None
+    trained = ctx.upstream(train_filter.spec(ctx)) if trains_filter(settings) else None
+    tuned = ctx.upstream(train_policy.spec(ctx)) if trains_policy(settings) else None
     saved = {"filter": trained and trained.path / "filter", "rl_filter": tuned and tuned.path / "policy"}
     settings = [s.replace(filter_path=str(saved[s.policy])) if s.learned and not s.filter_path else s
                 for s in settings]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.artifacts.store import ArtifactStore
+from pipeline.artifacts.store import Artifact, ArtifactSpec, ArtifactStore, MissingArtifactError
 from pipeline.modeling.device import resolve_device
 from pipeline.modeling.loading import LoadedModel, load_model
 from pipeline.tasks.base import Task
@@ -136,6 +136,7 @@ class StageContext:
     _loaded: LoadedModel | None = field(default=None, init=False)
     _task: Task | None = field(default=None, init=False)
     fresh: set[str] = field(default_factory=set, init=False)  # artifact keys computed by this invocation
+    made: dict[str, Artifact] = field(default_factory=dict, init=False)  # artifacts this process made or reused
 
     def __post_init__(self) -> None:
         self.store = ArtifactStore(self.cfg.output_dir, verify=self.cfg.verify_artifacts)
@@ -162,3 +163,21 @@ class StageContext:
     def forced(self, stage: str) -> bool:
         """``force=true`` recomputes the stages this invocation was asked to run, never silently upstream ones."""
         return bool(self.cfg.force) and self.cfg.stage in (stage, "all")
+
+    def reuse_only(self, stage: str) -> bool:
+        """``reuse_only=true`` forbids computing the artifacts of stages this command was not asked to run."""
+        return bool(self.cfg.reuse_only) and self.cfg.stage not in (stage, "all")
+
+    def upstream(self, spec: ArtifactSpec) -> Artifact:
+        """An upstream stage's artifact, as the plan's executor left it: made or reused by an earlier node of this
+        process, else complete in the store (a cluster job's upstream ran in a job of its own, and under
+        ``reuse_only`` upstream nodes are read, never run)."""
+        if spec.key in self.made:
+            return self.made[spec.key]
+        found = self.store.check_upstream(spec, bool(self.cfg.reuse_only))  # names what reuse_only forbids
+        if found is None:
+            path = self.store.path(spec)
+            raise MissingArtifactError(path, f"the {spec.stage} artifact this stage reads is not complete",
+                                       f"run `stage={spec.stage}` first")
+        return found
+

@@ -9,22 +9,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from omegaconf import DictConfig
-
 from pipeline.configuration.command import decode_settings
 from pipeline.evaluation.setting import evaluate_setting
-from pipeline.modeling.device import resolve_device
-from pipeline.modeling.loading import load_model
+from pipeline.stages.context import StageContext
 from pipeline.stages.sweep import describe
-from pipeline.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict:
-    settings = decode_settings(cfg)
-    task = build_task(cfg.task)
-    loaded = load_model(cfg.model, resolve_device(cfg.device))
+def run(ctx: StageContext, items: list[int] | None = None) -> dict:
+    cfg = ctx.cfg
+    settings, task, loaded = decode_settings(cfg), ctx.task, ctx.loaded
     examples = task.examples(cfg.eval.split, cfg.eval.num_prompts)
     result = evaluate_setting(loaded, task, examples, settings, progress=cfg.progress)
     m = result["metrics"]

@@ -24,7 +24,7 @@ from pipeline.learning.pretrain import DiffusionPretraining
 from pipeline.modeling.device import resolve_device
 from pipeline.runtime import preemption
 from pipeline.runtime.progress import FiniteTraining, TrainingDiverged, bar_wanted
-from pipeline.stages.context import quiet_lightning
+from pipeline.stages.context import StageContext, quiet_lightning
 from pipeline.tasks.prompts import PretrainStream, decode_answer, encode_prompt
 from pipeline.tasks.registry import build_task
 
@@ -56,9 +56,9 @@ class DecodeAccuracy(L.Callback):
         log.info("step %d: validation exact match %.3f, full match %.3f", step, exact, full)
 
 
-def run(cfg: DictConfig) -> Path:
+def run(ctx: StageContext, items: list[int] | None = None) -> Path:
     with quiet_lightning():
-        return pretrain(cfg)
+        return pretrain(ctx.cfg)
 
 
 def pretrain(cfg: DictConfig) -> Path:

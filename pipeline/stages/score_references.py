@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from omegaconf import DictConfig
-
+from pipeline.stages.context import StageContext
 from pipeline.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict[str, int]:
+def run(ctx: StageContext, items: list[int] | None = None) -> dict[str, int]:
+    cfg = ctx.cfg
     task = build_task(cfg.task)
     split = cfg.references.split
     count = cfg.references.num_prompts or task.split_size(split)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from pipeline.artifacts.store import (
     TIMING,
@@ -29,7 +28,7 @@ from pipeline.artifacts.store import (
     folder_digest,
     write_json_atomic,
 )
-from pipeline.configuration.command import is_multirun, sweep_settings, trains_filter, trains_policy
+from pipeline.configuration.command import is_multirun, sweep_settings
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.evaluation.setting import evaluate_setting
 from pipeline.runtime.tracking import tracking
@@ -79,7 +78,7 @@ def evaluate(ctx: StageContext, setting: DecodeSettings) -> Artifact:
         if setting.filter_path:
             inputs["filter"] = folder_digest(Path(setting.filter_path))
         else:
-            trained = learned_stage(setting).ensure(ctx, upstream=True)
+            trained = ctx.upstream(learned_stage(setting).spec(ctx))
             inputs["filter"] = trained
             setting = setting.replace(filter_path=str(trained.path / learned_folder(setting)))
     reference = evaluate(ctx, vanilla_of(setting)) if setting.needs_references else None
@@ -135,15 +134,17 @@ def describe(setting: DecodeSettings | dict[str, Any]) -> str:
     return " ".join(parts) + f" L={s['gen_length']}"
 
 
-def run(cfg: DictConfig, ctx: StageContext | None = None) -> list[Artifact]:
-    ctx = ctx or StageContext(cfg)
-    settings = sweep_settings(cfg, is_multirun())
-    if trains_filter(settings):  # fails early under reuse_only, before any result is written
-        train_filter.ensure(ctx, upstream=True)
-    if trains_policy(settings):
-        train_policy.ensure(ctx, upstream=True)
+def run(ctx: StageContext, items: list[int] | None = None) -> list[Artifact]:
+    """The command's settings (``items``: those of the plan's node, by index), each evaluated or reused; the
+    filter and policy they decode with come from the plan's upstream nodes."""
+    settings = sweep_settings(ctx.cfg, is_multirun())
+    if items is not None:
+        settings = [settings[i] for i in items]
+    for setting in settings:  # the filter and policy are read before any result is written (reuse_only names them)
+        if setting.learned and not setting.filter_path:
+            ctx.upstream(learned_stage(setting).spec(ctx))
     results = []
-    with tracking(cfg, "sweep", content_key({"settings": [s.identity() for s in settings]})) as tracker:
+    with tracking(ctx.cfg, "sweep", content_key({"settings": [s.identity() for s in settings]})) as tracker:
         for setting in settings:
             results.append(evaluate(ctx, setting))
         rows = [{"label": r.figures["label"], **{k: v for k, v in r.figures.items() if isinstance(v, (int, float))}}

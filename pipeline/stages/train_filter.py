@@ -16,9 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from omegaconf import DictConfig
 
-from models.errors import InputError
 from pipeline.artifacts.store import Artifact, ArtifactSpec, code_digest
 from pipeline.runtime import preemption
 from pipeline.runtime.progress import EpochLog, FiniteTraining, StepRow, bar_wanted, history_logger, step_row
@@ -52,32 +50,34 @@ def trajectory_specs(ctx: StageContext, rounds: int) -> dict[str, ArtifactSpec]:
     return specs
 
 
-def ensure(ctx: StageContext, upstream: bool = False, round_: int | None = None) -> Artifact:
+def run(ctx: StageContext, items: list[int] | None = None) -> Artifact:
     """The trained filter, retrained when forced or when its trajectories changed since it was trained.
 
     With ``trajectories.on_policy_rounds=R`` (DAgger) the filter of round r-1 decodes the training prompts, the
     states it visits are labelled against the reference outputs and added, and the filter is retrained; the
-    filter returned is round R's. Every round is an artifact of its own, so an interrupted run resumes.
+    filter returned is round R's. Every round is an artifact of its own, so an interrupted run resumes; the rounds
+    are this stage's own work, driven here, while the oracle's trajectories come from the plan's upstream node.
     """
-    rounds = ctx.cfg.trajectories.on_policy_rounds if round_ is None else round_
+    return trained(ctx, ctx.cfg.trajectories.on_policy_rounds, ctx.reuse_only("train_filter"))
+
+
+def trained(ctx: StageContext, rounds: int, reuse_only: bool) -> Artifact:
+    """The filter of ``rounds`` on-policy rounds (``reuse_only``: refuse to compute it)."""
     s = spec(ctx, rounds)
-    existing = ctx.store.check_upstream(s, upstream and bool(ctx.cfg.reuse_only))
+    existing = ctx.store.check_upstream(s, reuse_only)
     if existing is not None and not ctx.forced("train_filter"):
         recorded = {name: ctx.store.load(t) for name, t in trajectory_specs(ctx, rounds).items()}
         if ctx.store.is_current(existing, recorded):
             log.info("train_filter %s: complete, reusing %s (nothing to compute)", s.key, existing.path)
             return existing
-    base = trajectories.ensure(ctx, upstream=True)
-    if base is None:
-        raise InputError(ctx.store.path(trajectories.spec(ctx)), "trajectories are incomplete (shards missing)",
-                         "run the missing trajectories.shard array tasks before train_filter")
+    base = ctx.upstream(trajectories.spec(ctx))
     sources = {"trajectories": base}
     for r in range(1, rounds + 1):
-        previous = ensure(ctx, upstream=True, round_=r - 1)
+        previous = trained(ctx, r - 1, bool(ctx.cfg.reuse_only))
         log.info("train_filter: on-policy round %d of %d: decoding the training prompts with %s", r, rounds,
                  previous.key)
-        sources[f"trajectories_round{r}"] = trajectories.ensure(ctx, upstream=True,
-                                                                round_=trajectories.Round(r, previous, base))
+        sources[f"trajectories_round{r}"] = trajectories.produce(ctx, trajectories.Round(r, previous, base),
+                                                                 bool(ctx.cfg.reuse_only))
     with tracking(ctx.cfg, "train_filter", s.key) as tracker, quiet_lightning():
         artifact = ctx.store.materialize(s, lambda work: fit(ctx, list(sources.values()), work, tracker),
                                          force=True, inputs=sources)
@@ -184,7 +184,3 @@ def resumable(checkpoint: Path, stage: str = "train_filter", unit: str = "epoch"
         return None, 0
     log.info("%s: resuming from %s (after %s %d)", stage, checkpoint, unit, epoch if unit == "epoch" else step)
     return checkpoint, step
-
-
-def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
-    return ensure(ctx or StageContext(cfg))

@@ -67,16 +67,14 @@ def spec(ctx: StageContext) -> ArtifactSpec:
                         ctx.labels())
 
 
-def ensure(ctx: StageContext, upstream: bool = False) -> Artifact:
+def run(ctx: StageContext, items: list[int] | None = None) -> Artifact:
     """The fine-tuned policy, retrained when forced or when the supervised filter it starts from changed."""
     s = spec(ctx)
-    existing = ctx.store.check_upstream(s, upstream and bool(ctx.cfg.reuse_only))
-    if existing is not None and not ctx.forced("train_policy"):
-        warm = ctx.store.load(train_filter.spec(ctx))
-        if ctx.store.is_current(existing, {"filter": warm}):
-            log.info("train_policy %s: complete, reusing %s (nothing to compute)", s.key, existing.path)
-            return existing
-    warm = train_filter.ensure(ctx, upstream=True)
+    existing = ctx.store.check_upstream(s, ctx.reuse_only("train_policy"))
+    warm = ctx.upstream(train_filter.spec(ctx))
+    if existing is not None and not ctx.forced("train_policy") and ctx.store.is_current(existing, {"filter": warm}):
+        log.info("train_policy %s: complete, reusing %s (nothing to compute)", s.key, existing.path)
+        return existing
     with tracking(ctx.cfg, "train_policy", s.key) as tracker, quiet_lightning():
         artifact = ctx.store.materialize(s, lambda work: fit(ctx, warm, work, tracker), force=True,
                                          inputs={"filter": warm})
@@ -184,7 +182,3 @@ class UpdateLog(L.Callback):
         log.info("train_policy: update %d/%d: reward %.4f, accuracy %.3f, NFE %.2f", step, self.updates,
                  float(m.get("train/reward", float("nan"))), float(m.get("train/accuracy", float("nan"))),
                  float(m.get("train/nfe", float("nan"))))
-
-
-def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact:
-    return ensure(ctx or StageContext(cfg))

@@ -166,8 +166,9 @@ def compute_shard(ctx: StageContext, index: int, target: Path, round_: Round = R
     atomic_dir(target, build)
 
 
-def ensure(ctx: StageContext, upstream: bool = False, round_: Round = Round()) -> Artifact | None:
-    """The complete trajectories artifact; None when only one shard was asked for and others are missing.
+def produce(ctx: StageContext, round_: Round = Round(), reuse_only: bool = False) -> Artifact | None:
+    """The complete trajectories artifact; None when only one shard was asked for and others are missing
+    (``reuse_only``: refuse to compute it).
 
     Each shard is computed under its own lock, so array tasks (and concurrent runs) never write the same shard;
     the artifact is finalised, under the artifact's lock, by whichever run sees the last shard land. An
@@ -175,7 +176,7 @@ def ensure(ctx: StageContext, upstream: bool = False, round_: Round = Round()) -
     """
     s, t = spec(ctx, round_.index, round_.filter.key if round_.filter else None), ctx.cfg.trajectories
     inputs = {"filter": round_.filter} if round_.index else {}
-    existing = ctx.store.check_upstream(s, upstream and bool(ctx.cfg.reuse_only))
+    existing = ctx.store.check_upstream(s, reuse_only)
     if existing is not None and not ctx.forced("trajectories") and ctx.store.is_current(existing, inputs):
         log.info("trajectories %s: complete, reusing %s (nothing to compute)", s.key, existing.path)
         return existing
@@ -231,13 +232,13 @@ def shard_statistics(shards: Path, names: list[str]) -> dict:
     }
 
 
-def run(cfg: DictConfig, ctx: StageContext | None = None) -> Artifact | None:
-    ctx = ctx or StageContext(cfg)
+def run(ctx: StageContext, items: list[int] | None = None) -> Artifact | None:
+    """The oracle's trajectories: every shard, or the one ``trajectories.shard`` names (a cluster array task)."""
     from pipeline.runtime.tracking import tracking
 
-    artifact = ensure(ctx)
+    artifact = produce(ctx, reuse_only=ctx.reuse_only("trajectories"))
     if artifact is not None:
-        with tracking(cfg, "trajectories", artifact.key) as tracker:
+        with tracking(ctx.cfg, "trajectories", artifact.key) as tracker:
             tracker.summary(artifact.figures)
         log.info("trajectories: %s", artifact.figures)
     return artifact
