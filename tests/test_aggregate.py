@@ -290,6 +290,11 @@ def named_settings(text: str) -> set[str]:
     return {f"{knob}={v}" for v in values.split("/")} if values and ", " not in text else {text}
 
 
+def overlap(a, b) -> bool:
+    """Whether two display boxes share some area (touching edges do not count)."""
+    return min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0)
+
+
 @pytest.mark.parametrize("results", [sweep_results, crowded_results])
 def test_every_point_is_labelled_and_no_label_covers_another_or_a_marker(results, tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
@@ -317,7 +322,7 @@ def test_every_point_is_labelled_and_no_label_covers_another_or_a_marker(results
             assert frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1), f"{name} leaves the axes"
             assert not [m for m in markers if box.contains(*m)], f"{name} covers a marker"
         clashing = [(a, b) for i, (a, box) in enumerate(boxes.items()) for b, other in list(boxes.items())[i + 1:]
-                    if aggregate.overlap(box, other)]
+                    if overlap(box, other)]
         assert not clashing, f"{ax.get_title()}: overlapping labels {clashing}"
     plt.close(fig)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.artifacts.store import ArtifactSpec
+from pipeline.artifacts.store import ArtifactSpec, ArtifactStore
 from pipeline.configuration.command import stages_to_run, sweep_settings
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.learning.trajectories import shard_name
@@ -73,7 +73,9 @@ def plan(ctx: StageContext, multirun: bool = False) -> list[Node]:
         for node in sweep_nodes(ctx, settings, [n for n in ("train_filter", "train_policy") if n in rerun]):
             add(node, bool(node.after))
     if "aggregate" in wanted:
-        keys = {sweep.spec_for(ctx, s).key for s in settings} | {a.key for a in aggregate.labelled(ctx)}
+        # a damaged result is passed over here: its sweep node recomputes it before the aggregate lists it again
+        listing = ArtifactStore(cfg.output_dir, verify=cfg.verify_artifacts, read_only=True)
+        keys = {sweep.spec_for(ctx, s).key for s in settings} | {a.key for a in aggregate.labelled(ctx, listing)}
         s = aggregate.spec(ctx, sorted(keys))
         after = [n.name for n in nodes if n.stage == "sweep" and n.name in rerun]
         add(Node("aggregate", "aggregate", [] if ctx.store.load(s) else [[]], after, str(ctx.store.path(s)),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.artifacts.store import Artifact, ArtifactSpec, code_digest
+from pipeline.artifacts.store import Artifact, ArtifactSpec, ArtifactStore, code_digest
 from pipeline.configuration.command import is_multirun, sweep_settings
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.runtime.tracking import tracking
@@ -77,10 +77,11 @@ def collect(ctx: StageContext) -> list[Artifact]:
     return list(found.values())
 
 
-def labelled(ctx: StageContext) -> list[Artifact]:
-    """Complete sweep results of this experiment's model, task and split, planned or not (e.g. multirun jobs)."""
+def labelled(ctx: StageContext, store: ArtifactStore | None = None) -> list[Artifact]:
+    """Complete sweep results of this experiment's model, task and split, planned or not (e.g. multirun jobs),
+    listed from ``store`` (default: the run's, which stops at a damaged one; a read-only one passes over it)."""
     split = ctx.cfg.sweep.split
-    return ctx.store.all("sweep", where=lambda a: ours(ctx, a) and a.manifest["settings"]["split"] == split)
+    return (store or ctx.store).all("sweep", where=lambda a: ours(ctx, a) and a.manifest["settings"]["split"] == split)
 
 
 def ours(ctx: StageContext, artifact: Artifact) -> bool:
