@@ -6,8 +6,7 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
 from pipeline.configuration.command import expand_grid
-from pipeline.execution import plan as dag
-from pipeline.execution import slurm as cluster
+from pipeline.execution import local, plan, slurm
 from pipeline.execution.hydra_callbacks import FailedJobsFailOnSlurm
 from pipeline.learning.trajectories import shard_name
 from pipeline.stages import trajectories
@@ -15,9 +14,9 @@ from pipeline.stages.context import StageContext
 from tests.conftest import compose_config
 
 
-def planned(tmp_path, *overrides: str) -> tuple[StageContext, dict[str, dag.Node]]:
+def planned(tmp_path, *overrides: str) -> tuple[StageContext, dict[str, plan.Node]]:
     ctx = StageContext(compose_config(["+experiment=micro", f"output_dir={tmp_path}", *overrides]))
-    return ctx, {node.name: node for node in dag.plan(ctx)}
+    return ctx, {node.name: node for node in plan.plan(ctx)}
 
 
 def test_a_fresh_experiment_plans_every_stage_with_its_dependencies(tmp_path):
@@ -69,22 +68,54 @@ def test_a_stage_plans_only_itself_and_what_it_needs(tmp_path):
     assert list(nodes) == ["trajectories", "train_filter"]
 
 
+def test_a_stage_run_whole_plans_what_it_reads(tmp_path):
+    _, nodes = planned(tmp_path, "stage=benchmark")  # the micro grid holds filter settings
+    assert list(nodes) == ["trajectories", "train_filter", "benchmark"]
+    assert nodes["benchmark"].after == ["train_filter"]
+    _, nodes = planned(tmp_path, "stage=benchmark", "sweep.grid=[{policy: vanilla}]")
+    assert list(nodes) == ["benchmark"]
+    _, nodes = planned(tmp_path, "stage=evaluate")
+    assert list(nodes) == ["evaluate"]
+
+
+def ran(monkeypatch, tmp_path, *overrides: str) -> list[tuple[str, list[int] | None]]:
+    """What the local executor runs for a command: (stage, items) per step, the stages themselves stubbed."""
+    calls: list[tuple[str, list[int] | None]] = []
+    monkeypatch.setattr(local, "run_node", lambda ctx, stage, items=None: calls.append((stage, items)))
+    monkeypatch.setattr(local, "prepare", lambda cfg: None)
+    local.run(compose_config(["+experiment=micro", f"output_dir={tmp_path}", *overrides]))
+    return calls
+
+
+def test_the_local_run_executes_the_plan_s_nodes_in_order_the_sweep_in_grid_order(monkeypatch, tmp_path):
+    ctx, nodes = planned(tmp_path)
+    grid = sorted(nodes["sweep"].items + nodes["sweep_filter"].items)
+    assert grid == list(range(len(expand_grid(ctx.cfg))))
+    assert ran(monkeypatch, tmp_path) == [("trajectories", None), ("train_filter", None), ("sweep", grid),
+                                          ("aggregate", None)]
+
+
+def test_under_reuse_only_the_local_run_reads_upstream_nodes_instead_of_running_them(monkeypatch, tmp_path):
+    assert ran(monkeypatch, tmp_path, "stage=aggregate", "reuse_only=true") == [("aggregate", None)]
+    assert ran(monkeypatch, tmp_path, "stage=train_filter", "reuse_only=true") == [("train_filter", None)]
+
+
 @pytest.mark.parametrize("tasks,expected", [(None, [[1], [2, 3], [4]]), (2, [[1, 4], [2, 3]]), (5, [[1], [2, 3], [4]])])
 def test_chunks_deal_whole_groups_round_robin(tasks, expected):
-    assert dag.chunk([[1], [2, 3], [4]], tasks) == expected
+    assert plan.chunk([[1], [2, 3], [4]], tasks) == expected
 
 
 def test_array_ranges_from_accounting_are_expanded():
-    assert cluster.expand_array("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
-    assert cluster.expand_array("12_3") == ["12_3"] and cluster.expand_array("12") == ["12"]
+    assert slurm.expand_array("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert slurm.expand_array("12_3") == ["12_3"] and slurm.expand_array("12") == ["12"]
 
 
 def test_the_error_line_is_the_exception_not_the_srun_notice(tmp_path):
     log = tmp_path / "1_0_log.err"
     log.write_text("Traceback (most recent call last):\n  File x\nValueError: bad shard\n"
                    "srun: error: vm: task 0: Exited with exit code 1\n")
-    assert cluster.error_line(log) == "ValueError: bad shard"
-    assert "never started" in cluster.error_line(tmp_path / "missing.err")
+    assert slurm.error_line(log) == "ValueError: bad shard"
+    assert "never started" in slurm.error_line(tmp_path / "missing.err")
 
 
 def test_a_failed_multirun_job_exits_non_zero_only_inside_a_slurm_job(monkeypatch):
