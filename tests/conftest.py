@@ -3,6 +3,11 @@
 The suite runs offline, as on a cluster's compute nodes: the Hugging Face libraries read their offline switches when
 first imported, so they are set here before any import, and the command lines the tests start inherit them. A test
 that needs them unset says so with monkeypatch.
+
+Under pytest-xdist each worker gives torch its share of the cores (one thread each with two workers on two cores):
+torch's default, a thread per core in every worker, oversubscribes the machine, and its threads then wait on one
+another at every operation (a decoding test ran ten times slower). The command lines the tests start already run
+with ``OMP_NUM_THREADS=1`` (``tests.test_cli.run_cli``).
 """
 # ruff: noqa: E402  (the switches must be set before the imports below load the Hugging Face libraries)
 
@@ -19,7 +24,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import models  # noqa: F401  (registers the embedded model)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
 from models import DiffusionLM, DiffusionLMConfig
 from models.tokenizer import build_char_tokenizer
 from pipeline.configuration.hydra import PROJECT_ROOT, register
