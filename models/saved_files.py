@@ -104,7 +104,8 @@ FEATURES = ("confidence", "entropy", "margin", "position", "step", "committed", 
             "distance_to_committed", "distance_to_end", "masked_run_before")  # pipeline/decoding/features.py
 FILTER_ARCHITECTURES = ("mlp", "transformer")
 FILTER_DEFAULTS = {"block_length": 32, "features": ["confidence"], "num_layers": 2, "hidden_size": None,
-                   "threshold": None, "architecture": "mlp", "num_heads": 4}  # models/filter.py's FilterConfig
+                   "threshold": None, "architecture": "mlp", "num_heads": 4, "speed_conditioned": False,
+                   "speed": None}  # models/filter.py's FilterConfig
 TRANSFORMER_WIDTH = 32  # a transformer filter's hidden size when hidden_size is null
 FILTER_FIX = "point decode.filter_path at a train_filter artifact's filter/ folder, or retrain the filter"
 
@@ -136,6 +137,14 @@ def check_filter_fields(fields: dict) -> dict:
     heads = integer(filled, "num_heads")
     if filled["architecture"] == "transformer" and filter_width(filled) % heads:
         raise FieldError("num_heads", heads, f"allowed: a divisor of the hidden size ({filter_width(filled)})")
+    if not isinstance(filled["speed_conditioned"], bool):
+        raise FieldError("speed_conditioned", filled["speed_conditioned"], "allowed: true or false")
+    speed = filled["speed"]
+    if speed is not None and not filled["speed_conditioned"]:
+        raise FieldError("speed", speed, "allowed: null (a default speed needs speed_conditioned=true)")
+    if speed is not None and not (isinstance(speed, int | float) and not isinstance(speed, bool)
+                                  and math.isfinite(speed) and speed >= 0):
+        raise FieldError("speed", speed, "allowed: a number >= 0 (or null)")
     return filled
 
 
@@ -151,12 +160,15 @@ def filter_tensor_shapes(description: dict) -> dict[str, tuple[int, ...]]:
                        at + "linear1.weight": (2 * width, width), at + "linear1.bias": (2 * width,),
                        at + "linear2.weight": (width, 2 * width), at + "linear2.bias": (width,)}
             shapes |= {at + f"norm{n}.{p}": (width,) for n in (1, 2) for p in ("weight", "bias")}
-        return shapes | {"norm.weight": (width,), "norm.bias": (width,), "head.weight": (1, width), "head.bias": (1,)}
-    widths = [length * inputs] + [width] * (description["num_layers"] - 1) + [length]
-    shapes = {}
-    for layer, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        shapes |= {f"net.{2 * layer}.weight": (b, a), f"net.{2 * layer}.bias": (b,)}
-    return shapes
+        shapes |= {"norm.weight": (width,), "norm.bias": (width,), "head.weight": (1, width), "head.bias": (1,)}
+        speed_head = {"speed_head.weight": (1, width), "speed_head.bias": (1,)}
+    else:
+        widths = [length * inputs] + [width] * (description["num_layers"] - 1) + [length]
+        shapes = {}
+        for layer, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            shapes |= {f"net.{2 * layer}.weight": (b, a), f"net.{2 * layer}.bias": (b,)}
+        speed_head = {"speed_head.weight": (length, length * inputs), "speed_head.bias": (length,)}
+    return shapes | speed_head if description["speed_conditioned"] else shapes
 
 
 def check_saved_filter(folder: Path, fix: str = FILTER_FIX) -> dict:

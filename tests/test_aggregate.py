@@ -81,6 +81,10 @@ def by_label(rows, label):
     ({"policy": "factor", "factor": 2.5, "factor_rule": "reference"}, "f=2.5 ref"),
     ({"policy": "entropy_bounded", "gamma": 0.1}, "gamma=0.1"),
     ({"policy": "klass", "threshold": 0.9, "kl_bound": 0.01}, "tau=0.9, kl<=0.01"),
+    ({"policy": "rl_filter", "threshold": None}, "tau=validated"),  # a policy trained before the speed knob
+    ({"policy": "rl_filter", "threshold": None, "speed": 2}, "speed=2.0"),
+    ({"policy": "rl_filter", "threshold": None, "speed": None}, "speed=validated"),
+    ({"policy": "rl_filter", "threshold": 0.9, "speed": 0.5}, "speed=0.5, tau=0.9"),
     ({"policy": "vanilla"}, ""),
     ({"policy": "egp"}, ""),
 ])
@@ -358,6 +362,8 @@ def test_the_drawn_figure_has_its_headline_labels_and_styles(rows, figures, tmp_
     lines = {line.get_label(): line for line in nfe.get_lines()}
     assert lines["filter + EoTP"].get_marker() == "P" and lines["threshold + EoTP"].get_marker() == "o"
     assert lines["filter"].get_linestyle() == "--" and len(lines["filter"].get_xdata()) == 1
+    assert lines["threshold + EoTP"].get_linestyle() == "None", "a rule's settings are points, a filter's a curve"
+    assert lines["threshold + EoTP"].get_markeredgecolor() == "black" != lines["threshold"].get_markeredgecolor()
     assert lines["filter + EoTP"].get_color() == aggregate.STYLES["filter"][0]
     assert len(lines["filter + EoTP"].get_xdata()) == 3, "the two coinciding filter settings are drawn once"
     assert [t.get_text() for t in nfe.get_legend().get_texts()][:2] == ["filter", "filter + EoTP"]

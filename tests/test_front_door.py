@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 import warnings
 
 import lightning as L
@@ -11,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.runtime import progress
+from pipeline.runtime import progress, training
 from pipeline.stages.context import LIGHTNING_CHATTER, LIGHTNING_LOGGERS, quiet_lightning
 from tests.test_cli import MICRO, run_cli
 
@@ -63,9 +65,9 @@ def test_evaluate_prints_its_metrics_as_a_result_on_stdout(tmp_path):
 
 
 def test_training_logs_its_progress_every_fifth_of_the_epochs_with_losses_and_eta(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger=progress.__name__)
-    fit(tmp_path, [progress.EpochLog("tiny", 10, lines=5, clock=ten_second_epochs())], check_val_every_n_epoch=3)
-    lines = [r.getMessage() for r in caplog.records if r.name == progress.__name__]
+    caplog.set_level(logging.INFO, logger=training.__name__)
+    fit(tmp_path, [training.EpochLog("tiny", 10, lines=5, clock=ten_second_epochs())], check_val_every_n_epoch=3)
+    lines = [r.getMessage() for r in caplog.records if r.name == training.__name__]
     loss = r"\d+\.\d{4}"
     assert [re.sub(loss, "L", line) for line in lines] == [
         "tiny: epoch 2/10 (20%), train loss L, 10 s elapsed, ETA 40 s",
@@ -81,9 +83,9 @@ def test_a_run_stopped_early_logs_its_last_epoch(tmp_path, caplog):
         def on_train_epoch_end(self, trainer, module) -> None:
             trainer.should_stop = trainer.current_epoch == 2
 
-    caplog.set_level(logging.INFO, logger=progress.__name__)
-    fit(tmp_path, [progress.EpochLog("tiny", 100, clock=ten_second_epochs()), StopAtThree()])
-    lines = [r.getMessage() for r in caplog.records if r.name == progress.__name__]
+    caplog.set_level(logging.INFO, logger=training.__name__)
+    fit(tmp_path, [training.EpochLog("tiny", 100, clock=ten_second_epochs()), StopAtThree()])
+    lines = [r.getMessage() for r in caplog.records if r.name == training.__name__]
     assert lines[-1].startswith("tiny: epoch 3/100 (3%), train loss ") and lines[-1].endswith("stopped early")
     assert len(lines) == 1, "every 5% of 100 epochs: the first mark is epoch 5"
 
@@ -146,3 +148,17 @@ def test_filter_training_logs_progress_to_a_file_without_chatter(tmp_path):
     noise = [p for p in LIGHTNING_CHATTER if re.search(p, result.stderr)]
     assert not noise, f"Lightning's chatter reached stderr: {noise}"
     assert result.stdout == ""
+
+
+def test_a_command_that_trains_nothing_never_imports_lightning():
+    """Lightning's import alone takes seconds (it imports torchmetrics, and that transformers and scipy): the front
+    door, the plan and every stage module leave it to the code that trains, so ``stage=status``, a sweep or an
+    evaluation start without it."""
+    modules = ["pipeline.cli", "pipeline.execution.local", "pipeline.execution.slurm", "pipeline.lm_eval.command",
+               *(f"pipeline.stages.{name}" for name in ("trajectories", "train_filter", "train_policy", "sweep",
+                                                       "aggregate", "benchmark", "evaluate", "pretrain",
+                                                       "score_references"))]
+    code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\nprint('lightning' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "False"

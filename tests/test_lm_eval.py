@@ -71,6 +71,25 @@ metric_list:
 """
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_task_index_per_include_path():
+    """lm-eval's ``TaskManager`` indexes its thousands of task YAMLs when built (some 15 s of CPU); the tests in this
+    process build one per set of arguments and reuse it. (Each command line a test starts builds its own.)"""
+    import lm_eval.tasks
+
+    build, built = lm_eval.tasks.TaskManager, {}
+
+    def shared(*args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if key not in built:
+            built[key] = build(*args, **kwargs)
+        return built[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lm_eval.tasks, "TaskManager", shared)
+        yield
+
+
 @pytest.fixture(scope="module")
 def loaded():
     """The shipped model as the pipeline loads it."""

@@ -19,7 +19,7 @@ SIZED_DOWN = {  # per stage: overrides that keep a documented command to seconds
                  "pretrain.architecture.intermediate_size=32", "pretrain.val_every=1", "pretrain.val_prompts=2"],
     "evaluate": ["eval.num_prompts=4"],
     "train_policy": ["train_policy.updates=2", "train_policy.prompts_per_update=2", "train_policy.group_size=2",
-                     "train_policy.num_prompts=4", "train_policy.val_prompts=4", "train_policy.thresholds=[0.5]"],
+                     "train_policy.num_prompts=4", "train_policy.val_prompts=4", "train_policy.knob=[0.0,4.0]"],
     "benchmark": ["benchmark.num_prompts=4", "benchmark.warmup=1"],
 }
 SIZED_DOWN_MODELS = {  # per experiment timing a real architecture: a few layers of a few dimensions

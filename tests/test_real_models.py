@@ -99,9 +99,9 @@ def test_missing_weights_name_the_path_and_how_to_provide_them(tmp_path):
 def test_the_whole_pipeline_runs_on_a_stand_in(standins, prompts_file, tmp_path, preset, name):
     own_prompts = ["+task@trajectories.task=jsonl", f"trajectories.task.path={prompts_file}"] if name == "dream" else []
     result = run_cli("+experiment=micro", f"model={preset}", f"model.path={standins[name]}", *REMOTE, "task=jsonl",
-                     f"task.path={prompts_file}", "trajectories.batch_size=8", *own_prompts,
-                     "sweep.num_prompts=4", "train_filter.max_epochs=20", f"output_dir={tmp_path}", "logger=none",
-                     "progress=false", timeout=900)
+                     f"task.path={prompts_file}", "trajectories.num_prompts=12", "trajectories.batch_size=8",
+                     *own_prompts, "sweep.num_prompts=2", "train_filter.max_epochs=20", f"output_dir={tmp_path}",
+                     "logger=none", "progress=false", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("| setting | accuracy |")
     assert "ignores the attention mask" not in result.stderr

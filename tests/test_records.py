@@ -24,7 +24,7 @@ from tests.test_cli import run_cli
 MICRO = ["+experiment=micro", "logger=none", "progress=false"]
 UPDATES = 4
 POLICY = [*MICRO, f"train_policy.updates={UPDATES}", "train_policy.prompts_per_update=2", "train_policy.group_size=2",
-          "train_policy.num_prompts=4", "train_policy.val_prompts=4", "train_policy.thresholds=[0.5,0.9]",
+          "train_policy.num_prompts=4", "train_policy.val_prompts=4", "train_policy.knob=[0.0,4.0]",
           "train_policy.val_every_n_updates=1", "train_policy.checkpoint_every_n_updates=1",
           "sweep.grid=[{policy: vanilla}, {policy: filter, threshold: [0.7]}, {policy: rl_filter, threshold: [null]}]",
           "sweep.num_prompts=8"]
@@ -54,9 +54,9 @@ def manifest(out: Path, stage: str) -> dict:
 
 DIVERGING = [  # (the command's stage, settings, the stage that diverges, what the line ends with)
     ("train_policy", ["train_policy.lr=1e30"], "train_policy",
-     "(training diverged); lower train_policy.lr=1e+30 or train_policy.speed_weight=1.0"),
-    ("all", ["train_policy.speed_weight=1e39"], "train_policy",
-     "(training diverged); lower train_policy.lr=0.001 or train_policy.speed_weight=1e+39"),
+     "(training diverged); lower train_policy.lr=1e+30 or train_policy.speed_weights=[0.0, 4.0]"),
+    ("all", ["train_policy.speed_weights=[0,1e39]"], "train_policy",
+     "(training diverged); lower train_policy.lr=0.001 or train_policy.speed_weights=[0.0, 1e+39]"),
     ("train_filter", ["train_filter.lr=1e30"], "train_filter", "(training diverged); lower train_filter.lr=1e+30"),
 ]
 
@@ -160,10 +160,10 @@ def killed(args: list[str], when: str) -> None:
     assert process.returncode == -signal.SIGKILL, "".join(seen[-30:])
 
 
-@pytest.mark.parametrize("when", [f"train_policy: update 2/{UPDATES}", "held-out prompts at threshold"],
+@pytest.mark.parametrize("when", [f"train_policy: update 2/{UPDATES}", "held-out prompts at speed"],
                          ids=["mid-run", "after training"])
 def test_a_resumed_policy_keeps_its_history_its_cost_and_the_uninterrupted_record(finished, tmp_path, when):
-    """Killed during training, or after it while the threshold is chosen: the resumed artifact is the
+    """Killed during training, or after it while the knob is validated: the resumed artifact is the
     uninterrupted one's (same digest), its history holds every update once, and its cost counts the training
     seconds of every run that led to it."""
     out = copy_of(finished, tmp_path)
@@ -199,7 +199,7 @@ def test_a_resumed_policy_keeps_its_history_its_cost_and_the_uninterrupted_recor
 
 @pytest.mark.filterwarnings("ignore:Experiment logs directory")
 def test_a_resumed_history_keeps_what_came_before_its_checkpoint_and_no_line_cut_by_a_kill(tmp_path):
-    from pipeline.runtime.progress import history_logger
+    from pipeline.runtime.training import history_logger
 
     history = tmp_path / "logs" / "version_0" / "metrics.csv"
     history.parent.mkdir(parents=True)
@@ -215,7 +215,7 @@ def test_a_resumed_history_keeps_what_came_before_its_checkpoint_and_no_line_cut
 def test_the_row_of_the_step_a_checkpoint_follows_is_written_from_the_checkpoint(tmp_path):
     """Lightning writes a step's row after the checkpoint that follows the step; a kill in between leaves it out
     of the file, and the resume takes it from the checkpoint (StepRow), once."""
-    from pipeline.runtime.progress import history_logger
+    from pipeline.runtime.training import history_logger
 
     history = tmp_path / "logs" / "version_0" / "metrics.csv"
     history.parent.mkdir(parents=True)

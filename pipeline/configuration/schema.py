@@ -123,10 +123,10 @@ class TrainPolicyConfig:
     center: bool = True
     lr: float = MISSING
     kl_weight: float = MISSING
-    speed_weight: float = MISSING
+    speed_weights: list[float] = MISSING  # [low, high]: each prompt group's speed weight is drawn in between
     normalize_advantage: bool = False
     eotp: bool = False
-    thresholds: list[float] = MISSING
+    knob: list[float] = MISSING  # speeds validated on held-out prompts after training
     seed: int = 0
     val_every_n_updates: int = MISSING
     checkpoint_every_n_updates: int = MISSING
@@ -163,6 +163,7 @@ class GridEntry:
     credit_alpha: Any = None
     credit_gamma: Any = None
     credit_beta: Any = None
+    speed: Any = None
 
 
 @dataclass

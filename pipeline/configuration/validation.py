@@ -402,11 +402,17 @@ def check_train_policy(cfg: DictConfig, multirun: bool) -> None:
     if not tp.lr > 0:
         raise ConfigError("train_policy.lr", tp.lr, "allowed: a number > 0")
     at_least(cfg, "train_policy.kl_weight", 0, "a number")
-    at_least(cfg, "train_policy.speed_weight", 0, "a number")
-    if not tp.thresholds:
-        raise ConfigError("train_policy.thresholds", [], "allowed: a non-empty list of numbers in (0, 1]")
-    for threshold in tp.thresholds:
-        check_probability(threshold, "train_policy.thresholds")
+    weights = list(tp.speed_weights)
+    if len(weights) != 2 or not 0 <= weights[0] <= weights[1]:
+        raise ConfigError("train_policy.speed_weights", weights, "allowed: [low, high] with 0 <= low <= high (low = "
+                                                                 "high: one fixed speed preference)")
+    if not tp.knob:
+        raise ConfigError("train_policy.knob", [], "allowed: a non-empty list of speeds within "
+                                                   "train_policy.speed_weights")
+    for speed in tp.knob:
+        if not weights[0] <= speed <= weights[1]:
+            raise ConfigError("train_policy.knob", speed, f"allowed: speeds from {weights[0]:g} to {weights[1]:g} "
+                                                          "(train_policy.speed_weights, the range it was trained on)")
     if not SEED_RANGE[0] <= tp.seed <= SEED_RANGE[1]:
         raise ConfigError("train_policy.seed", tp.seed, f"allowed: {SEED_RANGE[0]} to {SEED_RANGE[1]}")
 
@@ -419,16 +425,23 @@ def check_tied_block_length(cfg: DictConfig, block_length: int) -> None:
                           f"({block_length})")
 
 
-def check_filter_path(path: str | None, setting: str) -> None:
+def check_filter_path(path: str | None, setting: str) -> dict | None:
     """A saved filter (or policy) folder: every field of its filter.json and the tensors of its filter.safetensors
-    (models/saved_files.py, as models/filter.py loads it)."""
+    (models/saved_files.py, as models/filter.py loads it); its description, or None without a path."""
     if path is None:
-        return
+        return None
     folder = Path(path)
     if not (folder / "filter.json").is_file():
         raise ConfigError(setting, path, "no saved filter there; allowed: a train_filter artifact's filter/ folder "
                                          "(with filter.json and filter.safetensors)")
-    check_saved_filter(folder, FILTER_FIX)
+    return check_saved_filter(folder, FILTER_FIX)
+
+
+def check_saved_speed(settings: DecodeSettings, description: dict | None) -> None:
+    """A saved filter decodes at a speed only if it reads one (``decode.speed`` on any other is refused), and a
+    speed-conditioned one needs a speed, given or stored: the rule the policy's builder applies."""
+    if description is not None:
+        settings.filter_speed(description["speed_conditioned"], description["speed"], settings.filter_path)
 
 
 def check_sweep(cfg: DictConfig, multirun: bool) -> None:
@@ -445,7 +458,7 @@ def check_sweep(cfg: DictConfig, multirun: bool) -> None:
     decode_settings(cfg).validate()  # the user's choice is checked even where the grid overrides it
     check_filter_path(cfg.decode.filter_path, "decode.filter_path")
     for setting in sweep_settings(cfg, multirun):
-        check_filter_path(setting.filter_path, "decode.filter_path")
+        check_saved_speed(setting, check_filter_path(setting.filter_path, "decode.filter_path"))
         if setting.learned and not setting.filter_path:
             check_tied_block_length(cfg, setting.block_length)
         if setting.policy == "filter" and setting.threshold is None and not setting.filter_path and \
@@ -476,7 +489,7 @@ def check_evaluate(cfg: DictConfig, multirun: bool) -> None:
         raise ConfigError("decode.filter_path", None, f"decode={settings.policy} needs a saved filter (a "
                                                       "train_filter artifact's filter/ folder or a train_policy "
                                                       "artifact's policy/ folder)")
-    check_filter_path(settings.filter_path, "decode.filter_path")
+    check_saved_speed(settings, check_filter_path(settings.filter_path, "decode.filter_path"))
 
 
 def check_score_references(cfg: DictConfig, multirun: bool) -> None:

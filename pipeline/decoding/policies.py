@@ -96,18 +96,33 @@ class ExtremelyGreedy(Policy):
 
 
 class LearnedFilter(Policy):
-    """Learn2PD: positions the filter accepts (sigmoid > threshold) united with the vanilla schedule's top-k."""
+    """Learn2PD: positions the filter accepts (sigmoid > threshold) united with the vanilla schedule's top-k.
+
+    ``speed``: the speed a speed-conditioned network decodes at (every row alike); None for any other network."""
 
     name = "filter"
 
     def __init__(self, network: nn.Module, features: tuple[str, ...] = ("confidence",), threshold: float = 0.9,
-                 steps_per_block: int = 1) -> None:
+                 steps_per_block: int = 1, speed: float | None = None) -> None:
         self.network = network
         self.features = tuple(features)
         self.uses_history = bool(set(self.features) & set(HISTORY_FEATURES))
         self.threshold = check_probability(threshold, "decode.threshold")
         self.steps_per_block = steps_per_block
+        self.speed = speed
         self.param = next(self.network.parameters(), None)  # where and in what dtype the filter runs
+
+    def speeds(self, view: StepView) -> torch.Tensor | None:
+        """The speed of each of the view's rows (``[n]``), or None for a network without a speed input."""
+        if self.speed is None:
+            return None
+        return torch.full(view.rows.shape, float(self.speed))
+
+    def logits(self, view: StepView, features: torch.Tensor) -> torch.Tensor:
+        speeds = self.speeds(view)
+        if speeds is None:
+            return self.network(features).float()
+        return self.network(features, speeds.to(features.device)).float()
 
     @torch.no_grad()
     def select(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +131,7 @@ class LearnedFilter(Policy):
             features = features.masked_fill(view.cut[..., None], 0.0)
         if self.param is not None:
             features = features.to(device=self.param.device, dtype=self.param.dtype)
-        accept = torch.sigmoid(self.network(features).float()).to(view.masked.device) > self.threshold
+        accept = torch.sigmoid(self.logits(view, features)).to(view.masked.device) > self.threshold
         scheduled = view.top_k(view.scores, view.masked, view.k)
         self.accepted = view.masked & accept  # the filter's own choice, before the schedule's (read by EoTP)
         return self.accepted | scheduled, view.predicted
@@ -124,7 +139,8 @@ class LearnedFilter(Policy):
 
 class ReinforcedFilter(LearnedFilter):
     """A filter fine-tuned by reinforcement (``stage=train_policy``); at test time it decides as the supervised
-    filter does, its probability against a threshold."""
+    filter does, its probability against a threshold, at the speed asked for (``decode.speed``) or the one stored
+    with it: one trained policy, every operating point."""
 
     name = "rl_filter"
 
@@ -221,6 +237,7 @@ def build_policy(settings: DecodeSettings, device: torch.device | str = "cpu") -
             raise ConfigError("decode.threshold", None, f"the filter at {settings.filter_path} stores no validated "
                                                         "threshold (train_filter.target_precision was off); allowed: "
                                                         "a number in (0, 1]")
+        speed = settings.filter_speed(network.config.speed_conditioned, network.config.speed, settings.filter_path)
         learned = ReinforcedFilter if settings.policy == "rl_filter" else LearnedFilter
-        return learned(network, network.config.features, threshold, settings.steps_per_block)
+        return learned(network, network.config.features, threshold, settings.steps_per_block, speed)
     return policy_classes()[settings.policy]()

@@ -21,7 +21,7 @@ POLICY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "factor": ("factor", "factor_rule"),
     "egp": (),
     "filter": ("threshold", "filter_path"),
-    "rl_filter": ("threshold", "filter_path"),
+    "rl_filter": ("threshold", "filter_path", "speed"),
     "entropy_bounded": ("gamma",),
     "klass": ("threshold", "kl_bound"),
     "local_leap": ("threshold", "relaxed_threshold", "radius"),
@@ -71,6 +71,8 @@ class DecodeSettings:
     credit_beta: float = 0.8  # credit: decay of the accumulated credit per step
     filter_path: str | None = None  # filter, rl_filter: a saved filter; None = this experiment's train_filter
     #                                 (filter) or train_policy (rl_filter)
+    speed: float | None = None  # rl_filter: the speed-conditioned policy's knob (the reward's speed weight it acts
+    #                             for; higher commits more per step); None = the speed stored with the policy
 
     @property
     def total_steps(self) -> int:
@@ -144,6 +146,9 @@ class DecodeSettings:
             raise ConfigError(f"{prefix}.schedule", self.schedule, f"allowed: {', '.join(SCHEDULES)}")
         if "threshold" in POLICY_PARAMETERS[self.policy] and not (self.learned and self.threshold is None):
             check_probability(self.threshold, f"{prefix}.threshold")
+        if self.policy == "rl_filter" and self.speed is not None and not self.speed >= 0:
+            raise ConfigError(f"{prefix}.speed", self.speed, "allowed: a number >= 0, or null (the policy's stored "
+                                                             "speed)")
         if self.policy == "entropy_bounded" and not self.gamma >= 0:
             raise ConfigError(f"{prefix}.gamma", self.gamma, "allowed: a number >= 0")
         if self.policy == "local_leap":
@@ -167,6 +172,22 @@ class DecodeSettings:
             if self.factor_rule not in FACTOR_RULES:
                 raise ConfigError(f"{prefix}.factor_rule", self.factor_rule, f"allowed: {', '.join(FACTOR_RULES)}")
         return self
+
+    def filter_speed(self, conditioned: bool, stored: float | None, where: str) -> float | None:
+        """The speed a saved filter at ``where`` decodes at: ``decode.speed`` (rl_filter) or the one stored with
+        it; None for a filter without a speed input, which refuses a given one."""
+        asked = self.speed if self.policy == "rl_filter" else None
+        if not conditioned:
+            if asked is not None:
+                raise ConfigError("decode.speed", asked, f"the policy at {where} is not speed-conditioned (a "
+                                                         "supervised filter, or a policy trained before the knob); "
+                                                         "allowed: null")
+            return None
+        speed = asked if asked is not None else stored
+        if speed is None:
+            raise ConfigError("decode.speed", None, f"the speed-conditioned policy at {where} stores no default "
+                                                    "speed; allowed: a number >= 0")
+        return speed
 
     def check_credit_range(self, prefix: str) -> None:
         """CreditDecoding keeps its credit and fused logits in float32: the largest credit a block can gather (one

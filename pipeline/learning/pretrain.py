@@ -8,6 +8,7 @@ learns where text ends.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import lightning as L
@@ -15,6 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from models import DiffusionLM, DiffusionLMConfig
+from pipeline.decoding.loop import decode
+from pipeline.decoding.policies import Vanilla
+from pipeline.decoding.settings import DecodeSettings
+from pipeline.tasks.prompts import decode_answer, encode_prompt
+
+log = logging.getLogger(__name__)
 
 
 def masked_diffusion_loss(model, batch: dict[str, torch.Tensor], mask_id: int, eps: float = 1e-3,
@@ -77,3 +84,28 @@ class DiffusionPretraining(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class DecodeAccuracy(L.Callback):
+    """Vanilla-decodes validation prompts now and then and logs exact match: the number that matters."""
+
+    def __init__(self, task, tokenizer, every: int, num_prompts: int, gen_length: int, block_length: int) -> None:
+        self.task, self.tokenizer, self.every = task, tokenizer, every
+        self.examples = task.examples("validation", num_prompts)
+        self.prompts = [encode_prompt(tokenizer, ex) for ex in self.examples]
+        self.settings = DecodeSettings(gen_length=gen_length, block_length=block_length, batch_size=64)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every and step != trainer.max_steps:
+            return
+        model = module.model.eval()
+        out = decode(model, self.prompts, Vanilla(), self.settings, model.config.mask_token_id,
+                     model.config.eos_token_id, device=module.device)
+        model.train()
+        texts = [decode_answer(self.tokenizer, row.tolist()) for row in out.tokens]
+        scores = [self.task.score(ex, text) for ex, text in zip(self.examples, texts)]
+        exact = sum(s.exact_match for s in scores) / len(scores)
+        full = sum(s.full_match for s in scores) / len(scores)
+        module.log_dict({"val/exact_match": exact, "val/full_match": full}, prog_bar=True)
+        log.info("step %d: validation exact match %.3f, full match %.3f", step, exact, full)

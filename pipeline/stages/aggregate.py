@@ -127,6 +127,9 @@ def parameter(decode: dict[str, Any]) -> str:
     """The knob a policy was run at, in words (``tau=0.9``, ``f=1.0``, ``gamma=0.1``, ``tau=0.9, kl<=0.01``);
     empty for policies without one. A filter threshold of None is the one validated with the filter."""
     policy = decode["policy"]
+    if policy == "rl_filter" and "speed" in decode:  # the speed-conditioned policy's knob (older ones have none)
+        speed = "speed=validated" if decode["speed"] is None else f"speed={number(decode['speed'])}"
+        return speed if decode.get("threshold") is None else f"{speed}, tau={number(decode['threshold'])}"
     if policy in ("threshold", "filter", "rl_filter", "credit"):
         value = decode.get("threshold")
         return "tau=validated" if value is None else f"tau={number(value)}"
@@ -451,10 +454,11 @@ def legend_order(series: tuple[str, bool, str]) -> tuple[int, str, bool, str]:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Accuracy against NFE and wall-clock speedup, one row of panels per gen length: one line per policy, EoTP and
-    cache (dashed: without EoTP; hollow markers: with a KV cache), each point annotated with its parameter (or its
-    series' name) clear of the other annotations and markers, the Pareto frontier circled, and ``title`` (the
-    headline in words) above."""
+    """Accuracy against NFE and wall-clock speedup, one row of panels per gen length: each learned policy's settings
+    as a curve (its knob: the threshold, or the reinforced policy's speed), each rule's settings as points, one
+    series per policy, EoTP and cache (with EoTP: a solid curve, a rule's marker edged in black; hollow markers: with
+    a KV cache), each point annotated with its parameter (or its series' name) clear of the other annotations and
+    markers, the Pareto frontier circled, and ``title`` (the headline in words) above."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -477,7 +481,9 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
                 learned = policy in LEARNED
                 label = series_name(policy, eotp, cache)
                 ax.plot([x for x, _, _ in drawn], [y for _, y, _ in drawn], marker=marker, color=colour,
-                        markerfacecolor=colour if cache == "none" else "white", linestyle="-" if eotp else "--",
+                        markerfacecolor=colour if cache == "none" else "white",
+                        markeredgecolor="black" if eotp and not learned else colour,
+                        linestyle=("-" if eotp else "--") if learned else "none",
                         linewidth=2 if learned else 1.2, markersize=8 if learned else 6, zorder=4 if learned else 2,
                         label=label)
             for policy in dict.fromkeys(policy for policy, _, _ in series):  # one annotation per point and family

@@ -12,48 +12,17 @@ import logging
 import shutil
 from pathlib import Path
 
-import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models.tokenizer import build_char_tokenizer
-from pipeline.decoding.loop import decode
-from pipeline.decoding.policies import Vanilla
-from pipeline.decoding.settings import DecodeSettings
-from pipeline.learning.pretrain import DiffusionPretraining
 from pipeline.modeling.device import resolve_device
-from pipeline.runtime import preemption
-from pipeline.runtime.progress import FiniteTraining, TrainingDiverged, bar_wanted
+from pipeline.runtime.progress import TrainingDiverged, bar_wanted
 from pipeline.stages.context import StageContext, quiet_lightning
-from pipeline.tasks.prompts import PretrainStream, decode_answer, encode_prompt
+from pipeline.tasks.prompts import PretrainStream
 from pipeline.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
-
-
-class DecodeAccuracy(L.Callback):
-    """Vanilla-decodes validation prompts now and then and logs exact match: the number that matters."""
-
-    def __init__(self, task, tokenizer, every: int, num_prompts: int, gen_length: int, block_length: int) -> None:
-        self.task, self.tokenizer, self.every = task, tokenizer, every
-        self.examples = task.examples("validation", num_prompts)
-        self.prompts = [encode_prompt(tokenizer, ex) for ex in self.examples]
-        self.settings = DecodeSettings(gen_length=gen_length, block_length=block_length, batch_size=64)
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % self.every and step != trainer.max_steps:
-            return
-        model = module.model.eval()
-        out = decode(model, self.prompts, Vanilla(), self.settings, model.config.mask_token_id,
-                     model.config.eos_token_id, device=module.device)
-        model.train()
-        texts = [decode_answer(self.tokenizer, row.tolist()) for row in out.tokens]
-        scores = [self.task.score(ex, text) for ex, text in zip(self.examples, texts)]
-        exact = sum(s.exact_match for s in scores) / len(scores)
-        full = sum(s.full_match for s in scores) / len(scores)
-        module.log_dict({"val/exact_match": exact, "val/full_match": full}, prog_bar=True)
-        log.info("step %d: validation exact match %.3f, full match %.3f", step, exact, full)
 
 
 def run(ctx: StageContext, items: list[int] | None = None) -> Path:
@@ -62,6 +31,11 @@ def run(ctx: StageContext, items: list[int] | None = None) -> Path:
 
 
 def pretrain(cfg: DictConfig) -> Path:
+    import lightning as L  # here, not above: a command that trains nothing never imports Lightning
+
+    from pipeline.learning.pretrain import DecodeAccuracy, DiffusionPretraining
+    from pipeline.runtime.training import FiniteTraining, interruptible_fit
+
     pcfg = cfg.pretrain
     device = resolve_device(cfg.device)
     L.seed_everything(cfg.seed, workers=True)
@@ -105,7 +79,7 @@ def pretrain(cfg: DictConfig) -> Path:
     if last.exists():
         log.info("resuming from %s", last)
     try:
-        preemption.fit(trainer, module, loader, ckpt_path=str(last) if last.exists() else None)
+        interruptible_fit(trainer, module, loader, ckpt_path=str(last) if last.exists() else None)
     except TrainingDiverged as error:
         raise diverged(error, Path(logger.log_dir), last) from None
     save_to = Path(pcfg.save_to)

@@ -121,6 +121,8 @@ def describe(setting: DecodeSettings | dict[str, Any]) -> str:
     parts = [s["policy"]]
     if s["policy"] in ("threshold", "filter", "rl_filter", "klass", "local_leap", "credit"):
         parts.append(f"t={s['threshold'] if s['threshold'] is not None else 'validated'}")
+    if s["policy"] == "rl_filter":
+        parts.append(f"s={s['speed'] if s.get('speed') is not None else 'validated'}")
     if s["policy"] == "klass":
         parts.append(f"kl={s['kl_bound']}")
     if s["policy"] == "entropy_bounded":

@@ -13,13 +13,11 @@ import json
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from pipeline.artifacts.store import Artifact, ArtifactSpec, code_digest
 from pipeline.runtime import preemption
-from pipeline.runtime.progress import EpochLog, FiniteTraining, StepRow, bar_wanted, history_logger, step_row
+from pipeline.runtime.progress import bar_wanted, step_row
 from pipeline.runtime.tracking import tracking
 from pipeline.stages import trajectories
 from pipeline.stages.context import StageContext, cleared_if_diverged, plain, quiet_lightning
@@ -86,12 +84,24 @@ def trained(ctx: StageContext, rounds: int, reuse_only: bool) -> Artifact:
 
 
 def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict:
+    # Lightning is imported here, not above: a command that trains nothing never pays its import
+    import lightning as L
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
     from pipeline.learning.filter import (
         FilterModule,
         TrajectoryDataModule,
         choose_threshold,
         masked_predictions,
         metrics_at,
+    )
+    from pipeline.runtime.training import (
+        EpochLog,
+        EpochSnapshot,
+        FiniteTraining,
+        StepRow,
+        history_logger,
+        interruptible_fit,
     )
 
     cfg, tf = ctx.cfg, ctx.cfg.train_filter
@@ -124,7 +134,7 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
         callbacks += [best, L.pytorch.callbacks.EarlyStopping(monitor="val/loss", mode="min",
                                                               patience=tf.early_stopping_patience)]
     plugins = []
-    snapshot = preemption.EpochSnapshot(work / "checkpoints" / "last.ckpt")
+    snapshot = EpochSnapshot(work / "checkpoints" / "last.ckpt")
     if preemption.in_slurm_job():
         # The job wrapper owns the preemption signal and asks the snapshot to save; Lightning's own SLURM requeue
         # handler stays off, so exactly one side acts on it.
@@ -144,7 +154,7 @@ def fit(ctx: StageContext, sources: list[Artifact], work: Path, tracker) -> dict
         enable_model_summary=False, plugins=plugins,
     )
     with preemption.saver(snapshot.save), cleared_if_diverged(work):
-        preemption.fit(trainer, module, datamodule=data, ckpt_path=str(last) if last else None)
+        interruptible_fit(trainer, module, datamodule=data, ckpt_path=str(last) if last else None)
     stopped = trainer.current_epoch
     if best is not None and best.best_model_path:
         module.load_state_dict(torch.load(best.best_model_path, map_location=module.device,
