@@ -73,6 +73,19 @@ def test_a_wrong_answer_earns_nothing_and_a_right_one_more_the_fewer_passes_it_t
     assert per_rollout.tolist() == [1.0, 1.5, 3.0], "each rollout at its own weight"
 
 
+def test_the_cost_reward_charges_every_pass_right_or_wrong_without_bound():
+    correct, nfe = torch.tensor([0.0, 0.0, 1.0, 1.0]), torch.tensor([64, 8, 64, 8])
+    assert rewards(correct, nfe, 64, 1.0, "cost").tolist() == [-1.0, -0.125, 0.0, 0.875]
+
+    def gain(form: str, weight: float) -> float:  # what going from 10 to 6 passes of 64 earns a right answer
+        right = torch.ones(1)
+        return rewards(right, torch.tensor([6]), 64, weight, form).item() - \
+            rewards(right, torch.tensor([10]), 64, weight, form).item()
+
+    assert gain("bonus", 1e6) / rewards(torch.ones(1), torch.tensor([10]), 64, 1e6).item() < 0.08, "bounded"
+    assert gain("cost", 16.0) == pytest.approx(1.0), "a right answer's worth, at weight 16"
+
+
 @pytest.mark.parametrize("architecture", ["mlp", "transformer"])
 def test_every_logit_rises_with_the_speed_so_a_faster_setting_commits_a_superset(architecture):
     net = conditioned(architecture)

@@ -124,6 +124,7 @@ class TrainPolicyConfig:
     lr: float = MISSING
     kl_weight: float = MISSING
     speed_weights: list[float] = MISSING  # [low, high]: each prompt group's speed weight is drawn in between
+    reward: str = "bonus"  # bonus | cost (pipeline.learning.policy.rewards)
     normalize_advantage: bool = False
     eotp: bool = False
     knob: list[float] = MISSING  # speeds validated on held-out prompts after training

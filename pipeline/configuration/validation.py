@@ -58,6 +58,7 @@ IMPLEMENTATIONS = ("native", "remote")  # models/checkpoint.py, or the hub's mod
 LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
 TRAJECTORY_POLICIES = ("egp", "vanilla")
+POLICY_REWARDS = ("bonus", "cost")  # the reward forms of pipeline.learning.policy.rewards
 LOSS_ON = ("all", "masked")
 LAUNCHERS = ("local", "slurm")
 VERIFY_MODES = ("content", "size")
@@ -406,6 +407,8 @@ def check_train_policy(cfg: DictConfig, multirun: bool) -> None:
     if len(weights) != 2 or not 0 <= weights[0] <= weights[1]:
         raise ConfigError("train_policy.speed_weights", weights, "allowed: [low, high] with 0 <= low <= high (low = "
                                                                  "high: one fixed speed preference)")
+    if tp.reward not in POLICY_REWARDS:
+        raise ConfigError("train_policy.reward", tp.reward, f"allowed: {', '.join(POLICY_REWARDS)}")
     if not tp.knob:
         raise ConfigError("train_policy.knob", [], "allowed: a non-empty list of speeds within "
                                                    "train_policy.speed_weights")

@@ -91,11 +91,15 @@ def center_on(network: BlockFilter, threshold: float) -> BlockFilter:
     return network
 
 
-def rewards(correct: torch.Tensor, nfe: torch.Tensor, gen_length: int,
-            speed_weight: float | torch.Tensor) -> torch.Tensor:
-    """0 for a wrong answer; ``1 + speed_weight * (1 - NFE / gen_length)`` for a right one (1 at vanilla's
-    one pass per token, up to ``1 + speed_weight`` as passes fall to none); ``speed_weight`` one number or one
-    per rollout."""
+def rewards(correct: torch.Tensor, nfe: torch.Tensor, gen_length: int, speed_weight: float | torch.Tensor,
+            form: str = "bonus") -> torch.Tensor:
+    """``bonus``: 0 for a wrong answer, ``1 + w * (1 - NFE / gen_length)`` for a right one (1 at vanilla's one
+    pass per token, up to ``1 + w`` as passes fall to none), so speed never pays for a wrong answer; its speed
+    incentive is bounded (going from 10 to 6 passes of 64 is worth at most 7% more reward, whatever ``w``).
+    ``cost``: ``correct - w * NFE / gen_length``, every pass costing ``w / gen_length`` right or wrong, so a larger
+    ``w`` buys speed without bound. ``w`` (``speed_weight``) is one number or one per rollout."""
+    if form == "cost":
+        return correct.float() - speed_weight * nfe.float() / gen_length
     return correct.float() * (1 + speed_weight * (1 - nfe.float() / gen_length))
 
 
@@ -182,6 +186,7 @@ class Environment:
     group_size: int
     schedule: PromptSchedule  # which training prompts each update draws
     speeds: SpeedSchedule  # each update's speed weight per prompt group
+    reward: str = "bonus"  # the reward's form (:func:`rewards`)
     encoded: dict[str, list[list[int]]] = field(init=False)  # the prompts' tokens, encoded once
 
     def __post_init__(self) -> None:
@@ -203,7 +208,7 @@ class Environment:
         scored = summarize(self.loaded, self.task, examples, DecodeOutput(tokens, nfe, 0.0, [0.0] * len(examples)))
         correct = torch.tensor([row["exact_match"] for row in scored["rows"]], dtype=torch.float32)
         return policy.decisions, {"correct": correct, "nfe": nfe.float(),
-                                  "reward": rewards(correct, nfe, self.settings.gen_length, speeds)}
+                                  "reward": rewards(correct, nfe, self.settings.gen_length, speeds, self.reward)}
 
     def evaluate(self, network: BlockFilter, threshold: float, speed: float) -> dict[str, float]:
         """The deterministic policy (probability against ``threshold``, at ``speed``) on the held-out prompts;
@@ -212,7 +217,7 @@ class Environment:
         out = run_decode(self.loaded, self.encoded["val"], policy, self.settings)
         scored = summarize(self.loaded, self.task, self.val, out)
         correct = torch.tensor([row["exact_match"] for row in scored["rows"]], dtype=torch.float32)
-        reward = rewards(correct, out.nfe, self.settings.gen_length, speed)  # each prompt's, averaged
+        reward = rewards(correct, out.nfe, self.settings.gen_length, speed, self.reward)  # per prompt, averaged
         metrics = scored["metrics"]
         return {"accuracy": metrics["accuracy"], "nfe": metrics["nfe_mean"], "reward": float(reward.mean())}
 
