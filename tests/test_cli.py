@@ -48,6 +48,8 @@ BAD_SETTINGS = [
     ([MICRO, "stage=train_policy", "train_policy.group_size=1"], "train_policy.group_size=1: allowed: an integer >= 2"),
     ([MICRO, "stage=train_policy", "train_policy.knob=[5.0]"], "train_policy.knob=5.0: allowed: speeds from 0 to 4"),
     ([MICRO, "stage=train_policy", "train_policy.reward=fast"], "train_policy.reward=fast: allowed: bonus, cost"),
+    ([MICRO, "stage=train_policy", "train_policy.speed_draw=log_uniform"],
+     "train_policy.speed_weights=[0.0, 4.0]: allowed with train_policy.speed_draw=log_uniform"),
     ([MICRO, "stage=train_policy", "train_policy.val_prompts=40000"], "train_policy.val_prompts=40000: allowed: 1 to"),
     ([MICRO, "stage=sweep", "trajectories.block_length=8", "sweep.block_length=16", "sweep.grid=[{policy:rl_filter}]"],
      "trajectories.block_length=8: the filter is tied to its block length; allowed: the decoded block length (16)"),

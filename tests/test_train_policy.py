@@ -73,6 +73,14 @@ def test_a_wrong_answer_earns_nothing_and_a_right_one_more_the_fewer_passes_it_t
     assert per_rollout.tolist() == [1.0, 1.5, 3.0], "each rollout at its own weight"
 
 
+def test_log_uniform_speed_weights_stay_in_range_and_split_at_the_geometric_mean():
+    schedule = SpeedSchedule(0.1, 10.0, 4000, seed=0, draw="log_uniform")
+    drawn = schedule[3]
+    assert drawn.min() >= 0.1 and drawn.max() <= 10.0
+    assert abs(float((drawn < 1.0).float().mean()) - 0.5) < 0.03, "as many below 1 as above"
+    assert torch.equal(drawn, SpeedSchedule(0.1, 10.0, 4000, seed=0, draw="log_uniform")[3])
+
+
 def test_the_cost_reward_charges_every_pass_right_or_wrong_without_bound():
     correct, nfe = torch.tensor([0.0, 0.0, 1.0, 1.0]), torch.tensor([64, 8, 64, 8])
     assert rewards(correct, nfe, 64, 1.0, "cost").tolist() == [-1.0, -0.125, 0.0, 0.875]

@@ -125,6 +125,7 @@ class TrainPolicyConfig:
     kl_weight: float = MISSING
     speed_weights: list[float] = MISSING  # [low, high]: each prompt group's speed weight is drawn in between
     reward: str = "bonus"  # bonus | cost (pipeline.learning.policy.rewards)
+    speed_draw: str = "uniform"  # uniform | log_uniform (pipeline.learning.policy.SpeedSchedule)
     normalize_advantage: bool = False
     eotp: bool = False
     knob: list[float] = MISSING  # speeds validated on held-out prompts after training

@@ -59,6 +59,7 @@ LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
 TRAJECTORY_POLICIES = ("egp", "vanilla")
 POLICY_REWARDS = ("bonus", "cost")  # the reward forms of pipeline.learning.policy.rewards
+SPEED_DRAWS = ("uniform", "log_uniform")  # pipeline.learning.policy.SpeedSchedule
 LOSS_ON = ("all", "masked")
 LAUNCHERS = ("local", "slurm")
 VERIFY_MODES = ("content", "size")
@@ -407,6 +408,11 @@ def check_train_policy(cfg: DictConfig, multirun: bool) -> None:
     if len(weights) != 2 or not 0 <= weights[0] <= weights[1]:
         raise ConfigError("train_policy.speed_weights", weights, "allowed: [low, high] with 0 <= low <= high (low = "
                                                                  "high: one fixed speed preference)")
+    if tp.speed_draw not in SPEED_DRAWS:
+        raise ConfigError("train_policy.speed_draw", tp.speed_draw, f"allowed: {', '.join(SPEED_DRAWS)}")
+    if tp.speed_draw == "log_uniform" and not weights[0] > 0:
+        raise ConfigError("train_policy.speed_weights", weights, "allowed with train_policy.speed_draw=log_uniform: "
+                                                                 "[low, high] with 0 < low <= high")
     if tp.reward not in POLICY_REWARDS:
         raise ConfigError("train_policy.reward", tp.reward, f"allowed: {', '.join(POLICY_REWARDS)}")
     if not tp.knob:

@@ -111,7 +111,7 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
     env = Environment(ctx.loaded, ctx.task, examples[: tp.num_prompts], examples[tp.num_prompts :],
                       rollout_settings(cfg), tp.group_size,
                       PromptSchedule(tp.num_prompts, tp.prompts_per_update, tp.seed),
-                      SpeedSchedule(low, high, tp.prompts_per_update, tp.seed), tp.reward)
+                      SpeedSchedule(low, high, tp.prompts_per_update, tp.seed, tp.speed_draw), tp.reward)
     module = PolicyGradientModule(network, lr=tp.lr, kl_weight=tp.kl_weight,
                                   normalize_advantage=tp.normalize_advantage, val_threshold=THRESHOLD,
                                   val_speed=(low + high) / 2, seed=tp.seed)
