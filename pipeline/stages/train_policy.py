@@ -151,8 +151,7 @@ def fit(ctx: StageContext, warm: Artifact, work: Path, tracker) -> dict:
     curve = knob_curve(env, policy, [float(k) for k in tp.knob])
     check_monotone(curve)  # raised before anything is saved: the checkpoint stays in the work folder
     chosen = default_point(curve)
-    start = env.evaluate(warm_start(BlockFilter.load(warm.path / "filter"), tp.center, cfg.train_filter.threshold),
-                         THRESHOLD, chosen["speed"])
+    start = env.evaluate(module.reference, THRESHOLD, chosen["speed"])  # the frozen warm start, as trained against
     policy.config = dataclasses.replace(policy.config, threshold=THRESHOLD, speed=chosen["speed"])
     rollouts = trainer.global_step * tp.prompts_per_update * tp.group_size
     # what was learned, the same for a resumed run as for an uninterrupted one: the record's content
