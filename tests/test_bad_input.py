@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.configuration.hydra import PROJECT_ROOT
 from pipeline.runtime.reporting import one_line
-from tests.test_cli import MICRO, run_cli
+from tests.test_cli import MICRO, as_in_a_terminal, run_cli
 
 TINY = PROJECT_ROOT / "models" / "checkpoints" / "tiny-arith"
 # saved filters whose filter.json (written by a trained 8-position MLP filter) holds these fields instead
@@ -287,7 +287,7 @@ def interrupt(args: list[str], after: str, cwd: Path, timeout: float = 300) -> s
     """Run the CLI, send SIGINT (Ctrl-C) once a stderr line contains ``after``, and collect the result."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
     process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_in_a_terminal)
     seen = []
     deadline = time.monotonic() + timeout
     for line in process.stderr:

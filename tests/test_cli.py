@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,12 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict[s
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def as_in_a_terminal() -> None:
+    """Give a command the Ctrl-C a terminal gives it: a shell that starts the tests in the background
+    (``pytest &``) ignores SIGINT in them, and an ignored signal stays ignored across exec (``preexec_fn``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 MICRO = "+experiment=micro"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.configuration.hydra import PROJECT_ROOT
-from tests.test_cli import run_cli
+from tests.test_cli import as_in_a_terminal, run_cli
 from tests.test_lm_eval import GENERATE_TASK, MODEL_ARGS, arith_examples, arith_examples_of
 
 REFUSAL_SECONDS = 5  # a refusal needs no model: lm-eval's arguments and task files are read, nothing loaded
@@ -144,7 +144,8 @@ def test_ctrl_c_is_one_line_of_its_own(tasks, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
     process = subprocess.Popen([sys.executable, "-m", "pipeline.lm_eval", *command(tasks, [], out)], cwd=PROJECT_ROOT,
-                               env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=as_in_a_terminal)
     seen = []
     for line in process.stderr:
         seen.append(line)
