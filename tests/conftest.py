@@ -80,6 +80,15 @@ def shipped_model():
     return AutoModel.from_pretrained(SHIPPED).eval(), AutoTokenizer.from_pretrained(SHIPPED)
 
 
+@pytest.fixture(scope="session")
+def micro_pipeline(tmp_path_factory) -> tuple[Path, object]:
+    """Every stage of the micro experiment (W&B offline), run once per session: (its output folder, the command's
+    result). Read it, or change a copy (tests.test_artifacts.copy_of)."""
+    from tests.shared_runs import shared_run
+
+    return shared_run(tmp_path_factory, "micro", ["+experiment=micro", "progress=false"])
+
+
 def compose_config(overrides: list[str] | None = None):
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=overrides or [])

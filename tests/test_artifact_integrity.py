@@ -181,11 +181,8 @@ TIMED_FILES = {"frontier.csv", "frontier.md", "frontier.png"}  # hold timings to
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("clean") / "out"
-    result = run_cli(*MICRO, f"output_dir={out}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def clean_run(micro_pipeline) -> Path:
+    return micro_pipeline[0]
 
 
 def artifact_of(out: Path, stage: str, label: str | None = None) -> Path:
@@ -246,18 +243,6 @@ def test_size_verification_reuses_a_same_size_edit(clean_run, tmp_path):
     again = run_cli(*MICRO, "verify_artifacts=size", f"output_dir={out}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "damaged" not in again.stderr and "computing in" not in again.stderr
-
-
-def test_a_forced_filter_retraining_keeps_its_digest_and_recomputes_nothing_downstream(clean_run, tmp_path):
-    out = copy_of(clean_run, tmp_path)
-    before = json.loads((artifact_of(out, "train_filter") / "manifest.json").read_text())
-    forced = run_cli(*MICRO, "stage=train_filter", "force=true", f"output_dir={out}")
-    assert forced.returncode == 0 and "computing in" in forced.stderr, forced.stderr[-3000:]
-    after = json.loads((artifact_of(out, "train_filter") / "manifest.json").read_text())
-    assert after["digest"] == before["digest"] and after["file_digests"] == before["file_digests"]
-    again = run_cli(*MICRO, f"output_dir={out}")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "computing in" not in again.stderr, "both filter sweeps and the aggregate are still current"
 
 
 def test_identical_runs_give_identical_digests_except_for_the_timed_frontier(clean_run, tmp_path):

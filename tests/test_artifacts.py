@@ -73,11 +73,11 @@ def complete(root: Path, stage: str) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def micro_trajectories(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trajectories")
-    result = run_cli(*MICRO, "stage=trajectories", f"output_dir={out}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def micro_trajectories(micro_pipeline, tmp_path_factory) -> Path:
+    """An output folder holding the micro experiment's trajectories only."""
+    from tests.shared_runs import seed
+
+    return seed(tmp_path_factory.mktemp("trajectories"), micro_pipeline[0], ("trajectories",))
 
 
 def copy_of(source: Path, tmp_path: Path) -> Path:
@@ -169,10 +169,8 @@ def replace_shard_labels(artifact: Path) -> None:
 
 
 @pytest.mark.slow
-def test_replaced_trajectories_retrain_the_filter_and_recompute_what_read_it(tmp_path):
-    out = tmp_path / "out"
-    first = run_cli(*MICRO, f"output_dir={out}", timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_replaced_trajectories_retrain_the_filter_and_recompute_what_read_it(micro_pipeline, tmp_path):
+    out = copy_of(micro_pipeline[0], tmp_path)
     filters_before = {p.name: (p / "filter" / "filter.safetensors").read_bytes() for p in complete(out, "train_filter")}
     (artifact,) = complete(out, "trajectories")
     replace_shard_labels(artifact)
@@ -240,12 +238,12 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, compose_cfg):
     assert len(complete(out, "trajectories")) == 1
 
 
-FILTER = [*MICRO, "stage=train_filter", "train_filter.max_epochs=2000", "train_filter.checkpoint_every_n_epochs=100"]
+FILTER = [*MICRO, "stage=train_filter", "train_filter.max_epochs=800", "train_filter.checkpoint_every_n_epochs=50"]
 
 
 @pytest.mark.slow
-def test_a_killed_filter_training_resumes_from_its_checkpoint_to_the_same_filter(tmp_path):
-    killed, clean = tmp_path / "killed", tmp_path / "clean"
+def test_a_killed_filter_training_resumes_from_its_checkpoint_to_the_same_filter(micro_trajectories, tmp_path):
+    killed, clean = copy_of(micro_trajectories, tmp_path / "killed"), copy_of(micro_trajectories, tmp_path / "clean")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *FILTER, f"output_dir={killed}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: list(killed.glob("artifacts/train_filter/*.partial/checkpoints/last.ckpt")), timeout=300)

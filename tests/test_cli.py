@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 from transformers import AutoModel
 
 from pipeline.configuration.hydra import PROJECT_ROOT
+from tests.in_process import run_in_process
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict[str, str] | None = None,
-            module: str = "pipeline") -> subprocess.CompletedProcess:
+            module: str = "pipeline", fresh_interpreter: bool = False) -> subprocess.CompletedProcess:
+    """``python -m module args``, run in this process (``tests.in_process``) unless ``fresh_interpreter``;
+    ``timeout`` bounds a fresh interpreter only."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    if not fresh_interpreter:
+        return run_in_process(module, args, cwd or PROJECT_ROOT, env)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -117,10 +124,25 @@ BAD_SETTINGS = [
 ]
 
 
+def refused_in_process(monkeypatch: pytest.MonkeyPatch, *args: str) -> subprocess.CompletedProcess:
+    """The command line run in this process up to Hydra's start, a second faster than a new interpreter: every check
+    before the start (composition, validation) runs as it does there, and a command that passes them all fails the
+    test instead of starting work here. The interpreter's own exit is checked by the tests that start one."""
+    from pipeline import cli
+
+    monkeypatch.setattr(sys, "argv", ["pipeline", *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setattr(cli, "app", lambda: pytest.fail(f"{' '.join(args)}: passed every check before the start"))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr), pytest.raises(SystemExit) as exit:
+        cli.main()
+    return subprocess.CompletedProcess(args, exit.value.code, stdout.getvalue(), stderr.getvalue())
+
+
 @pytest.mark.parametrize("args,message", BAD_SETTINGS, ids=[" ".join(a) for a, _ in BAD_SETTINGS])
-def test_a_bad_setting_fails_in_one_line_with_status_2_and_writes_nothing(tmp_path, args, message):
+def test_a_bad_setting_fails_in_one_line_with_status_2_and_writes_nothing(tmp_path, monkeypatch, args, message):
     out = tmp_path / "out"
-    result = run_cli(f"output_dir={out}", *args, "progress=false")
+    result = refused_in_process(monkeypatch, f"output_dir={out}", *args, "progress=false")
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip() == result.stderr.strip().splitlines()[0], "one line, no traceback"
     assert result.stderr.startswith(f"error: {message}"), result.stderr

@@ -17,6 +17,7 @@ from pipeline.configuration.command import expand_grid
 from pipeline.configuration.validation import validate
 from pipeline.stages import sweep
 from tests.standins import write_dream_official, write_llada_official
+from tests.test_artifacts import copy_of
 from tests.test_cli import run_cli
 from tests.wandb_reader import summary_and_history
 
@@ -57,11 +58,11 @@ def artifacts(root: Path, stage: str) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def micro_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("micro")
-    first = run_cli("+experiment=micro", f"output_dir={out}", "progress=false", timeout=600)
-    assert first.returncode == 0, first.stderr[-4000:]
-    second = run_cli("+experiment=micro", f"output_dir={out}", "progress=false", timeout=600)
+def micro_run(micro_pipeline, tmp_path_factory):
+    """The session's micro run, and the same command run again on a copy of its output folder."""
+    out, first = micro_pipeline
+    copy = copy_of(out, tmp_path_factory.mktemp("micro"))
+    second = run_cli("+experiment=micro", f"output_dir={copy}", "progress=false", timeout=600)
     assert second.returncode == 0, second.stderr[-4000:]
     return out, first, second
 
@@ -132,7 +133,7 @@ def test_wandb_offline_runs_hold_the_logged_metrics_table_and_plot(micro_run):
 
 @pytest.mark.slow
 def test_a_killed_stage_leaves_no_partial_artifact_and_the_rerun_finishes(tmp_path):
-    args = ["+experiment=micro", "stage=trajectories", "trajectories.num_prompts=36", "trajectories.num_shards=6",
+    args = ["+experiment=micro", "stage=trajectories", "trajectories.num_prompts=24", "trajectories.num_shards=4",
             "decode.gen_length=64", "decode.block_length=16", "logger=none", "progress=false"]
     killed = tmp_path / "killed"
     env = dict(__import__("os").environ, OMP_NUM_THREADS="1")

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.cli import preflight
 from pipeline.configuration.hydra import PROJECT_ROOT
+from tests.shared_runs import seed
 from tests.test_cli import run_cli
 
 SIZED_DOWN = {  # per stage: overrides that keep a documented command to seconds
@@ -84,6 +85,9 @@ def test_every_documented_command_composes_and_validates(command, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in COMMANDS if "slurm" not in c])
-def test_every_documented_command_runs_as_written(command, tmp_path):
+def test_every_documented_command_runs_as_written(command, tmp_path, micro_pipeline):
+    """Each from the micro experiment's trajectories and filter (made once per session, and checked there), so
+    each computes what its own stage adds."""
+    seed(tmp_path, micro_pipeline[0])
     result = run_cli(*sized_down(command, tmp_path), timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

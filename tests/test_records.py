@@ -18,6 +18,7 @@ import torch
 
 from pipeline.configuration.hydra import PROJECT_ROOT
 from pipeline.runtime.progress import read_history
+from tests.shared_runs import shared_run
 from tests.test_artifacts import complete, copy_of, one_line_error
 from tests.test_cli import run_cli
 
@@ -31,12 +32,10 @@ POLICY = [*MICRO, f"train_policy.updates={UPDATES}", "train_policy.prompts_per_u
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """Every stage of a micro experiment whose sweep decodes with its own reinforced policy."""
-    out = tmp_path_factory.mktemp("finished") / "out"
-    result = run_cli(*POLICY, f"output_dir={out}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def finished(micro_pipeline, tmp_path_factory) -> Path:
+    """Every stage of a micro experiment whose sweep decodes with its own reinforced policy (the trajectories and
+    the filter from the session's micro run)."""
+    return shared_run(tmp_path_factory, "policy", POLICY, seeded_from=micro_pipeline[0])[0]
 
 
 def listing(out: Path) -> dict[str, int]:

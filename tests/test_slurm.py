@@ -186,8 +186,11 @@ MICRO = ["+experiment=micro", "sweep.num_prompts=96", "train_filter.max_epochs=1
 
 
 @pytest.fixture(scope="module")
-def local_micro(tmp_path_factory, slurm_cluster) -> Path:
-    out = tmp_path_factory.mktemp("local")
+def local_micro(tmp_path_factory, slurm_cluster, micro_pipeline) -> Path:
+    """The local run, from the session's micro trajectories (the cluster runs compute their own)."""
+    from tests.shared_runs import seed
+
+    out = seed(tmp_path_factory.mktemp("local"), micro_pipeline[0], ("trajectories",))
     result = pipeline(slurm_cluster, *MICRO, f"output_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
