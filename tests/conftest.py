@@ -4,7 +4,7 @@ The suite runs offline, as on a cluster's compute nodes: the Hugging Face librar
 first imported, so they are set here before any import, and the command lines the tests start inherit them. A test
 that needs them unset says so with monkeypatch.
 
-Under pytest-xdist each worker gives torch its share of the cores (one thread each with two workers on two cores):
+Under pytest-xdist each worker gives torch its share of the cores (one thread each with three workers on two cores):
 torch's default, a thread per core in every worker, oversubscribes the machine, and its threads then wait on one
 another at every operation (the decoding tests ran several times slower). The command lines the tests start run
 with ``OMP_NUM_THREADS=1`` already (``tests.test_cli.run_cli``).
@@ -35,16 +35,18 @@ from pipeline.configuration.hydra import PROJECT_ROOT, register
 SHIPPED = PROJECT_ROOT / "models" / "checkpoints" / "tiny-arith"
 register()
 
-# The longest files first, so that the two workers finish together: pytest-xdist's ``--dist loadfile`` (with
+# The longest files first, so that the workers finish together: pytest-xdist's ``--dist loadfile`` (with
 # ``--no-loadscope-reorder``) hands out whole files in collection order, and a long file handed out last keeps one
-# worker busy alone. The Slurm tests, longest of all but mostly waiting on their jobs, run beside the rest from the
-# start. Measured with --durations; a file not named here keeps its place after these.
-LONGEST_FIRST = ("test_slurm.py", "test_records.py", "test_artifacts.py", "test_readme.py", "test_pipeline.py",
-                 "test_real_models.py", "test_cli.py", "test_lm_eval.py", "test_bad_input.py",
-                 "test_artifact_integrity.py", "test_fidelity.py", "test_decoding.py", "test_learned_policy.py",
-                 "test_lm_eval_door.py", "test_train_policy.py", "test_transformer_filter.py", "test_benchmarks.py",
-                 "test_benchmark.py", "test_task_inputs.py", "test_training_free.py", "test_native_llada.py",
-                 "test_random_weights.py", "test_native_dream.py", "test_front_door.py")
+# worker busy alone. The Slurm tests, longest of all but mostly waiting on their jobs, run on a third worker beside
+# the rest from the start (three workers on two cores: the waits are filled). test_decoding.py goes third, so that
+# the second worker decodes while the first makes the session's micro pipeline the next files read. Measured with
+# --durations; a file not named here keeps its place after these.
+LONGEST_FIRST = ("test_slurm.py", "test_artifacts.py", "test_decoding.py", "test_records.py", "test_pipeline.py",
+                 "test_readme.py", "test_fidelity.py", "test_real_models.py", "test_lm_eval.py", "test_bad_input.py",
+                 "test_learned_policy.py", "test_cli.py", "test_lm_eval_door.py", "test_artifact_integrity.py",
+                 "test_train_policy.py", "test_sandbox.py", "test_aggregate.py", "test_task_inputs.py",
+                 "test_benchmark.py", "test_transformer_filter.py", "test_benchmarks.py", "test_standins.py",
+                 "test_front_door.py", "test_native_llada.py", "test_random_weights.py", "test_native_dream.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
