@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from pipeline.configuration.hydra import PROJECT_ROOT
+from tests.in_process import run_in_process
 
 SLURM_SCRIPTS = PROJECT_ROOT / "slurm"
 
@@ -159,9 +160,10 @@ def accounted_states(scratch: Path, job_id: str, wait_s: float = 60) -> dict[str
 WALL_CLOCK = {"speedup_wall", "tokens_per_s", "wall_time_s", "frontier_wall"}
 
 
-def pipeline(scratch: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args, "logger=none", "progress=false"],
-                          cwd=PROJECT_ROOT, env=slurm_env(scratch), capture_output=True, text=True, timeout=timeout)
+def pipeline(scratch: Path, *args: str) -> subprocess.CompletedProcess:
+    """The command line against the test cluster, run in this process (``tests.in_process``); its jobs start their
+    own interpreters on the cluster's node, as on any cluster."""
+    return run_in_process("pipeline", (*args, "logger=none", "progress=false"), PROJECT_ROOT, slurm_env(scratch))
 
 
 def frontier(output_dir: Path) -> list[dict[str, str]]:
