@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -125,18 +123,13 @@ BAD_SETTINGS = [
 
 
 def refused_in_process(monkeypatch: pytest.MonkeyPatch, *args: str) -> subprocess.CompletedProcess:
-    """The command line run in this process up to Hydra's start, a second faster than a new interpreter: every check
-    before the start (composition, validation) runs as it does there, and a command that passes them all fails the
-    test instead of starting work here. The interpreter's own exit is checked by the tests that start one."""
+    """The command line run in this process up to Hydra's start: every check before the start (composition,
+    validation) runs as it does in a new interpreter, and a command that passes them all fails the test instead of
+    starting work here. The interpreter's own exit is checked by the tests that start one."""
     from pipeline import cli
 
-    monkeypatch.setattr(sys, "argv", ["pipeline", *args])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     monkeypatch.setattr(cli, "app", lambda: pytest.fail(f"{' '.join(args)}: passed every check before the start"))
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with redirect_stdout(stdout), redirect_stderr(stderr), pytest.raises(SystemExit) as exit:
-        cli.main()
-    return subprocess.CompletedProcess(args, exit.value.code, stdout.getvalue(), stderr.getvalue())
+    return run_cli(*args)
 
 
 @pytest.mark.parametrize("args,message", BAD_SETTINGS, ids=[" ".join(a) for a, _ in BAD_SETTINGS])

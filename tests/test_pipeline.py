@@ -62,7 +62,7 @@ def micro_run(micro_pipeline, tmp_path_factory):
     """The session's micro run, and the same command run again on a copy of its output folder."""
     out, first = micro_pipeline
     copy = copy_of(out, tmp_path_factory.mktemp("micro"))
-    second = run_cli("+experiment=micro", f"output_dir={copy}", "progress=false", timeout=600)
+    second = run_cli("+experiment=micro", f"output_dir={copy}", "progress=false")
     assert second.returncode == 0, second.stderr[-4000:]
     return out, first, second
 

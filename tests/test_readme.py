@@ -89,5 +89,5 @@ def test_every_documented_command_runs_as_written(command, tmp_path, micro_pipel
     """Each from the micro experiment's trajectories and filter (made once per session, and checked there), so
     each computes what its own stage adds."""
     seed(tmp_path, micro_pipeline[0])
-    result = run_cli(*sized_down(command, tmp_path), timeout=600)
+    result = run_cli(*sized_down(command, tmp_path))
     assert result.returncode == 0, result.stderr[-4000:]
