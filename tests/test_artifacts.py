@@ -4,6 +4,7 @@ are named, concurrent runs share one output folder, and a killed filter training
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pipeline.artifacts.store as artifacts
 from pipeline.artifacts.store import content_record, syntax_digest
 from pipeline.configuration.command import expand_grid
 from pipeline.configuration.hydra import PROJECT_ROOT
+from pipeline.runtime.leftovers import remove_unheld_lock
 from pipeline.stages import sweep, train_filter, trajectories
 from pipeline.stages.context import StageContext
 from tests.test_cli import run_cli
@@ -222,6 +224,37 @@ def test_listings_skip_manifests_of_the_older_format_and_name_damaged_ones(tmp_p
     (older / "manifest.json").write_text("{")
     with pytest.raises(artifacts.InputError, match="damaged manifest"):
         store.all("demo")
+
+
+@pytest.mark.parametrize("where", ["taking", "holding", "giving back"])
+def test_a_ctrl_c_anywhere_in_a_lock_s_life_leaves_it_free_for_the_clean_up(tmp_path, monkeypatch, where):
+    """The interrupt may land inside filelock's own acquire or release; the clean-up must still find the lock free."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    lock_file, sent = tmp_path / "key.lock", []
+
+    class Interrupted(artifacts.FileLock):
+        def acquire(self, *args, **kwargs):
+            held = super().acquire(*args, **kwargs)
+            if where == "taking":
+                os.kill(os.getpid(), signal.SIGINT)  # arrives at the next bytecode: inside acquire, lock taken
+            return held
+
+        def release(self, *args, **kwargs):
+            if where == "giving back" and not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().release(*args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "FileLock", Interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt), artifacts.file_lock(lock_file, "demo"):
+            if where == "holding":
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    remove_unheld_lock(lock_file)
+    assert not lock_file.exists() and not lock_file.with_suffix(".holder").exists()
 
 
 @pytest.mark.slow

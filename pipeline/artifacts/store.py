@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -436,24 +437,46 @@ def check_files(artifact: Artifact, verify: str, hash_file: Callable[[Path], str
 def file_lock(path: Path, what: str) -> Iterator[None]:
     """Hold the exclusive lock ``path`` (waiting for another holder), naming the holder in a note beside it
     (``<name>.holder``) rather than in the lock file, which filelock may truncate on each try. The note goes before
-    the lock does, so one found on taking the lock was left by a run that did not finish."""
+    the lock does, so one found on taking the lock was left by a run that did not finish. Taking and giving back
+    the lock happen with Ctrl-C held off (:func:`interrupts_deferred`), so an interrupt never leaves this process
+    holding a lock nobody will release: the run's clean-up can then remove the lock files it made."""
     path.parent.mkdir(parents=True, exist_ok=True)
     note = path.with_suffix(".holder")
     lock = FileLock(path)
+    waiting, previous = False, ""
     try:
-        held = lock.acquire(blocking=False)
-    except Timeout:
-        log.info("%s: another run (%s) is computing it; waiting", what, lock_holder(note) or "?")
-        held = lock.acquire()
-    with held:
-        if previous := lock_holder(note):
+        while True:
+            with interrupts_deferred():
+                with contextlib.suppress(Timeout):
+                    lock.acquire(blocking=False)
+                if lock.is_locked:
+                    previous = lock_holder(note)
+                    since = time.strftime("%Y-%m-%dT%H:%M:%S")
+                    write_text_atomic(note, f"pid {os.getpid()} on {socket.gethostname()} since {since}")
+                    break
+            if not waiting:
+                log.info("%s: another run (%s) is computing it; waiting", what, lock_holder(note) or "?")
+                waiting = True
+            time.sleep(0.05)  # interruptible: a Ctrl-C while waiting holds nothing
+        if previous:
             log.warning("%s: taking over the lock of a run that did not finish (%s)", what, previous)
-        since = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_text_atomic(note, f"pid {os.getpid()} on {socket.gethostname()} since {since}")
-        try:
-            yield
-        finally:
-            note.unlink(missing_ok=True)
+        yield
+    finally:
+        with interrupts_deferred():
+            if lock.is_locked:
+                note.unlink(missing_ok=True)
+                lock.release()
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for a few statements that must not be cut in two; they arrive when it ends."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def lock_holder(note: Path) -> str:
