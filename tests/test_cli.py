@@ -82,6 +82,7 @@ BAD_SETTINGS = [
     ([MICRO, "stage=sweep", "decode.policy=greedy"], "decode.policy=greedy: allowed: credit, egp, entropy"),
     ([MICRO, "trajectories.policy=threshold"], "trajectories.policy=threshold: allowed: egp, vanilla"),
     ([MICRO, "trajectories.num_shards=0"], "trajectories.num_shards=0: allowed: 1 to trajectories.num_prompts"),
+    ([MICRO, "sweep.num_shards=2"], "sweep.num_shards=2: allowed: 1 to 1 (shards are cut at whole batches"),
     ([MICRO, "+task@trajectories.task=gsm8k", "trajectories.task.num_shots=x"],
      "trajectories.task.num_shots=x: Value 'x' of type 'str' could not be converted to Integer"),
     (["stage=evaluate", "decode=entropy_bounded", "decode.gamma=-1"], "decode.gamma=-1.0: allowed: a number >= 0"),

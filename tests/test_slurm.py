@@ -200,9 +200,10 @@ def local_micro(tmp_path_factory, slurm_cluster, micro_pipeline) -> Path:
 
 @pytest.mark.slow
 def test_the_dag_on_slurm_gives_the_local_frontier_and_is_never_resubmitted(slurm_cluster, local_micro, tmp_path):
+    """Each sweep setting in two prompt shards, two array tasks: merged, they are the local unsharded run."""
     started = time.monotonic()
-    result = pipeline(slurm_cluster, *MICRO, "launcher=slurm_local", "launcher.wait=true", "launcher.poll_s=1",
-                      f"output_dir={tmp_path}")
+    result = pipeline(slurm_cluster, *MICRO, "sweep.num_shards=2", "launcher=slurm_local", "launcher.wait=true",
+                      "launcher.poll_s=1", f"output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     print(f"micro DAG on Slurm: {time.monotonic() - started:.1f} s")
     nodes = {row["name"]: row for row in record(tmp_path)["nodes"]}
@@ -210,17 +211,20 @@ def test_the_dag_on_slurm_gives_the_local_frontier_and_is_never_resubmitted(slur
     assert nodes["train_filter"]["after"] == ["trajectories"] and nodes["sweep"]["after"] == []
     assert nodes["sweep_filter"]["after"] == ["train_filter"]
     assert nodes["aggregate"]["after"] == ["sweep", "sweep_filter"]
+    assert len(nodes["sweep"]["parts"]) == 4 and len(nodes["sweep_filter"]["parts"]) == 4, "(rule groups) x shards"
     for row in nodes.values():  # printed: job id, log path and where the results land
         assert f"job {row['job_id']}" in result.stdout and row["results"] in result.stdout
         assert set(accounted_states(slurm_cluster, row["job_id"]).values()) == {"COMPLETED"}
     assert frontier(tmp_path) == frontier(local_micro)
     assert "frontier table:" in result.stdout
 
-    again = pipeline(slurm_cluster, *MICRO, "launcher=slurm_local", f"output_dir={tmp_path}")
+    again = pipeline(slurm_cluster, *MICRO, "sweep.num_shards=2", "launcher=slurm_local", f"output_dir={tmp_path}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "everything is complete; nothing was submitted" in again.stdout
-    status = pipeline(slurm_cluster, *MICRO, "stage=status", "launcher=slurm_local", f"output_dir={tmp_path}")
+    status = pipeline(slurm_cluster, *MICRO, "sweep.num_shards=2", "stage=status", "launcher=slurm_local",
+                      f"output_dir={tmp_path}")
     assert status.returncode == 0, status.stderr[-3000:]
+    assert re.search(r"sweep\s+complete \(3/3 settings, 6/6 shards\)", status.stdout), status.stdout
     for name, row in nodes.items():  # the jobs that made each artifact, still known
         assert re.search(rf"{name}\s+complete", status.stdout)
         assert re.search(rf"{name}\s+job {row['job_id']}\s+\d+ COMPLETED", status.stdout), status.stdout
@@ -292,15 +296,15 @@ def sweep_metrics(out: Path) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_a_requeued_sweep_skips_finished_settings_and_ends_as_a_local_run(slurm_cluster, local_micro, tmp_path):
-    """``scontrol requeue`` while the sweep's one task is past its first setting: the rerun reuses what was
-    finished and the results equal the local run's."""
+    """``scontrol requeue`` while the sweep's one task is past its first setting and into the second's shards: the
+    rerun reuses the finished setting and shards, and the results equal the local (unsharded) run's."""
     rules = "sweep.grid=[{policy:vanilla},{policy:egp},{policy:threshold,threshold:[0.9]}]"
-    result = pipeline(slurm_cluster, *MICRO, "stage=sweep", rules, "launcher.sweep_tasks=1", "launcher=slurm_local",
-                      f"output_dir={tmp_path}")
+    result = pipeline(slurm_cluster, *MICRO, "stage=sweep", rules, "sweep.num_shards=3", "launcher.sweep_tasks=1",
+                      "launcher=slurm_local", f"output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     job = job_of(tmp_path, "sweep")
-    wait_for(lambda: len(list((tmp_path / "artifacts" / "sweep").glob("*/result.json"))) >= 1, 180,
-             "a first sweep result")
+    wait_for(lambda: list((tmp_path / "artifacts" / "sweep").glob("*.shards/*/shard.json")) and
+             list((tmp_path / "artifacts" / "sweep").glob("*/result.json")), 180, "a first result and shard")
     subprocess.run(["scontrol", "requeue", job], env=slurm_env(slurm_cluster), check=True, timeout=30)
     assert wait_until_ended(slurm_cluster, job) == {job: "COMPLETED"}
     assert attempts(slurm_cluster, job)[0] == "REQUEUED"
@@ -308,7 +312,7 @@ def test_a_requeued_sweep_skips_finished_settings_and_ends_as_a_local_run(slurm_
     log_text = (tmp_path / "slurm" / "micro" / "jobs" / f"{job}_0_log.err").read_text()
     runs = log_text.split("pipeline.execution.slurm][INFO] - sweep job:")
     assert len(runs) == 3, "one log section per run"
-    assert "complete, reusing vanilla" in runs[2]
+    assert "complete, reusing vanilla" in runs[2] and "already written, skipping" in runs[2]
     cluster = sweep_metrics(tmp_path)
     assert len(cluster) == 3
     assert cluster == {key: metrics for key, metrics in sweep_metrics(local_micro).items() if key in cluster}

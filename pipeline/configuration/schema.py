@@ -176,6 +176,7 @@ class SweepConfig:
     gen_lengths: list[int] = MISSING
     grid: list[GridEntry] = MISSING
     steps_per_block: int | None = None  # null: one token per step
+    num_shards: int = 1  # each setting's prompts in this many contiguous, separately resumable shards
 
 
 @dataclass

@@ -466,7 +466,13 @@ def check_sweep(cfg: DictConfig, multirun: bool) -> None:
                           f"allowed: 1 to sweep.block_length ({s.block_length}), or null (one token per step)")
     decode_settings(cfg).validate()  # the user's choice is checked even where the grid overrides it
     check_filter_path(cfg.decode.filter_path, "decode.filter_path")
-    for setting in sweep_settings(cfg, multirun):
+    settings = sweep_settings(cfg, multirun)
+    size = max(setting.batch_size for setting in settings)
+    if not 1 <= s.num_shards <= -(-s.num_prompts // size):
+        raise ConfigError("sweep.num_shards", s.num_shards,
+                          f"allowed: 1 to {-(-s.num_prompts // size)} (shards are cut at whole batches, so that every "
+                          f"output is an unsharded run's: sweep.num_prompts={s.num_prompts} in batches of {size})")
+    for setting in settings:
         check_saved_speed(setting, check_filter_path(setting.filter_path, "decode.filter_path"))
         if setting.learned and not setting.filter_path:
             check_tied_block_length(cfg, setting.block_length)

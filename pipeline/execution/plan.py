@@ -107,7 +107,9 @@ def sweep_nodes(ctx: StageContext, settings: list[DecodeSettings], learner_rerun
     """The grid's settings in two arrays: ``sweep`` (rules, vanilla, oracle: they need no filter, so they start
     at once) and ``sweep_filter`` (the learned settings, after the filter and policy stages in ``learner_reruns``
     that run again). An oracle setting shares a task with the vanilla decode whose outputs it replays, so that
-    decode runs once."""
+    decode runs once. With ``sweep.num_shards`` > 1 a task is one prompt shard of such a group (the oracle's after
+    its vanilla's); its pieces are ``setting * num_shards + shard`` (:func:`pipeline.stages.sweep.run`)."""
+    count = ctx.cfg.sweep.num_shards
     keys = [sweep.spec_for(ctx, s).key for s in settings]
     learned = {i for i, s in enumerate(settings) if s.learned and not s.filter_path}
     nodes = []
@@ -117,11 +119,25 @@ def sweep_nodes(ctx: StageContext, settings: list[DecodeSettings], learner_rerun
             continue
         rerun = bool(learner_reruns) and name == "sweep_filter"
         missing = [i for i in members if rerun or ctx.store.load(sweep.spec_for(ctx, settings[i])) is None]
-        parts = chunk(groups(settings, missing), ctx.cfg.launcher.sweep_tasks)
-        nodes.append(Node(name, "sweep", parts, learner_reruns if rerun else [],
-                          str(ctx.store.root / "sweep"), done=len(members) - len(missing), total=len(members),
-                          keys=[keys[i] for i in members], items=members))
+        written = {i: set() if rerun else written_shards(ctx, settings[i]) for i in missing}
+        units = [[i * count + j for i in group if j not in written[i]] for group in groups(settings, missing)
+                 for j in range(count)]
+        units += [[i * count] for i in missing if len(written[i]) == count]  # all written, not merged: merge
+        done = count * (len(members) - len(missing)) + sum(len(shards) for shards in written.values())
+        nodes.append(Node(name, "sweep", chunk([unit for unit in units if unit], ctx.cfg.launcher.sweep_tasks),
+                          learner_reruns if rerun else [], str(ctx.store.root / "sweep"), done=done,
+                          total=count * len(members), keys=[keys[i] for i in members],
+                          items=[i * count + j for i in members for j in range(count)]))
     return nodes
+
+
+def written_shards(ctx: StageContext, setting: DecodeSettings) -> set[int]:
+    """The prompt shards of an unfinished setting already written (whether still current, the job checks)."""
+    count = ctx.cfg.sweep.num_shards
+    if count == 1:
+        return set()
+    folder = sweep.shards_dir(ctx, sweep.spec_for(ctx, setting))
+    return {j for j in range(count) if (folder / shard_name(j, count) / sweep.SHARD_RECORD).exists()}
 
 
 def groups(settings: list[DecodeSettings], indices: list[int]) -> list[list[int]]:

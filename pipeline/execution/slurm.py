@@ -358,6 +358,8 @@ def status(cfg: DictConfig) -> dict[str, Any]:
         state = "damaged" if "damaged" in states else "complete" if set(states) == {"complete"} else "missing"
         done, total = (states.count("complete"), len(states)) if len(states) > 1 else (node.done, node.total)
         pieces = f" ({done}/{total})" if total > 1 else ""
+        if node.stage == "sweep" and node.total > len(node.keys):  # sharded settings: their shards too
+            pieces = f" ({done}/{len(node.keys)} settings, {node.done}/{node.total} shards)"
         print(f"  {node.name:<13} {state:<8}{pieces}  {node.results}")
     if damaged:
         print("damaged artifacts (rerun their stage to recompute them, or delete them):")
