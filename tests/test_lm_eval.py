@@ -5,10 +5,14 @@ its generations and scores the same as the pipeline's own on the same prompts.""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from pipeline.configuration.hydra import PROJECT_ROOT
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.evaluation.setting import evaluate_setting
 from pipeline.tasks.prompts import encode_prompt
@@ -145,6 +149,55 @@ def test_the_command_line_scores_as_the_pipeline_decodes_and_reports_speed(local
     task_speed = speed["speed"]["arith_local"]
     assert task_speed["samples"] == N and 1 < task_speed["nfe_mean"] < 16 and task_speed["tokens_per_s"] > 0
     assert "learn2pd decoding speed" in result.stdout and "| arith_local | 8 |" in result.stdout
+
+
+def samples_of(out: Path, task: str) -> list[dict]:
+    found = [json.loads(line) for line in next(out.rglob(f"samples_{task}_*.jsonl")).read_text().splitlines()]
+    return sorted(found, key=lambda s: s["doc_id"])
+
+
+@pytest.mark.slow
+def test_two_processes_give_a_single_process_s_outputs_and_sum_its_speed(local_tasks, tmp_path):
+    """``torchrun --nproc_per_node 2`` (gloo on CPU): lm-eval gives each process every other document and pads
+    the shorter share (7 documents: 4 and 3) with a copy of its last request, which is neither decoded again nor
+    counted; every generation and likelihood equals the single process's."""
+    args = ["--model", "learn2pd", "--model_args", f"{MODEL_ARGS},mc_num=8,mc_batch_size=8", "--batch_size", "2",
+            "--tasks", "arith_local,arith_choice", "--include_path", str(local_tasks), "--limit", "7",
+            "--log_samples"]
+    single = run_cli(*args, "--output_path", str(tmp_path / "one"), module="pipeline.lm_eval")
+    assert single.returncode == 0, single.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "pipeline.lm_eval", *args, "--output_path", str(tmp_path / "two")],
+                         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for task in ("arith_local", "arith_choice"):
+        one, both = samples_of(tmp_path / "one", task), samples_of(tmp_path / "two", task)
+        assert [s["doc_id"] for s in both] == list(range(7))
+        # (lm-eval appends its padding's response to the padded request's own: compare each request's first)
+        assert [[r[0] for r in s["resps"]] for s in both] == [[r[0] for r in s["resps"]] for s in one], task
+        assert [s["filtered_resps"] for s in both] == [s["filtered_resps"] for s in one], task
+    results = [json.loads(next((tmp_path / run).rglob("results_*.json")).read_text())["results"]
+               for run in ("one", "two")]
+    for task, scores in results[0].items():  # (lm-eval gathers the ranks' scores out of order: sums may round apart)
+        assert {k: pytest.approx(v) if isinstance(v, float) else v for k, v in scores.items()} == results[1][task]
+    speeds = [json.loads(next((tmp_path / run).rglob("learn2pd_speed.json")).read_text()) for run in ("one", "two")]
+    assert speeds[1]["processes"] == 2 and speeds[1]["speed"]["arith_local"]["processes"] == 2
+    for figure in ("samples", "tokens", "nfe_mean"):
+        assert speeds[1]["speed"]["arith_local"][figure] == speeds[0]["speed"]["arith_local"][figure] == \
+            {"samples": 7}.get(figure, speeds[0]["speed"]["arith_local"][figure])
+    assert two.stdout.count("learn2pd decoding speed (generated tokens only, 2 processes)") == 1, "said once"
+
+
+def test_lm_eval_s_padding_of_a_shorter_share_is_found():
+    from types import SimpleNamespace
+
+    from pipeline.lm_eval.ranks import padding
+
+    a, b = SimpleNamespace(repeats=1), SimpleNamespace(repeats=2)
+    assert padding([a, b, b], 2) == 0, "a request's own repeats are not padding"
+    assert padding([a, b, b, b, b], 2) == 2 and padding([b, a, a], 2) == 1
+    assert padding([a, a], 1) == 0, "a single process is never padded"
 
 
 def test_the_python_api_runs_the_registered_model_and_likelihoods_prefer_the_answer(local_tasks):

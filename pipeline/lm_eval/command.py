@@ -276,9 +276,9 @@ def interruption_reported(state: dict[str, Any]) -> Iterator[None]:
         sys.exit(EXIT_INTERRUPTED)
 
 
-def write_speed(lm: Any, output_path: str, since: float) -> None:
+def write_speed(lm: Any, speed: dict[str, dict[str, float]], output_path: str, since: float) -> None:
     """``learn2pd_speed.json`` beside lm-eval's newest results file; a NaN or infinity is refused, not written."""
-    payload = {"model": lm.name, "decode": lm.settings.identity(), "speed": lm.speed()}
+    payload = {"model": lm.name, "decode": lm.settings.identity(), "speed": speed, "processes": lm.world_size}
     for where, value in non_finite(payload, ""):
         raise FloatingPointError(f"learn2pd_speed.json: {where} is {value}, not a finite number; it was not written")
     written = new_results(output_path, since)
@@ -306,12 +306,20 @@ def evaluate(argv: list[str], allow_download: bool, state: dict[str, Any]) -> No
         cli_evaluate()
     state["evaluated"] = True
     lm = harness.Learn2PDLM.last
-    if lm is None or not lm.speed():
+    if lm is None:
         return
-    print("\nlearn2pd decoding speed (generated tokens only):")
-    print(speed_table(lm.speed()))
+    try:
+        ranks = lm.counts_over_ranks()  # every process takes part; the first reports for all
+    finally:
+        lm.ranks.leave()
+    speed = lm.speed(ranks) if ranks is not None else {}
+    if not speed:
+        return
+    over = f", {lm.world_size} processes" if lm.world_size > 1 else ""
+    print(f"\nlearn2pd decoding speed (generated tokens only{over}):")
+    print(speed_table(speed))
     if state["output_path"]:
-        write_speed(lm, state["output_path"], state["started"])
+        write_speed(lm, speed, state["output_path"], state["started"])
 
 
 def lm_eval_refusal(error: BaseException) -> UserError | None:

@@ -16,16 +16,22 @@ take the place of lm-eval's ``--device`` and ``--batch_size``. What the model do
   context + continuation, in rounds of ``mc_batch_size``, each round masking a stratified number of continuation
   tokens (``k ~ U{1..L}``, then ``k, k + L/b, ...`` wrapped into ``1..L``), summing cross-entropy over the masked
   positions divided by the masked share; the mean over rounds, negated. Trailing spaces of the context move to
-  the continuation (lm-eval's ``_encode_pair``). ``check_greedy=true`` also decodes the continuation greedily
+  the continuation (lm-eval's ``_encode_pair``). The random draws are seeded per request (from ``seed`` and its
+  tokens, where LLaDA draws from one stream), so a data-parallel run gives each request the estimate a single
+  process does. ``check_greedy=true`` also decodes the continuation greedily
   (one token per step) and reports whether it comes out; otherwise ``False``, as LLaDA recommends.
 - ``loglikelihood_rolling`` (perplexity tasks) has no masked-diffusion counterpart here and is refused.
 
 Per task the model counts forward passes and generated tokens (before the first end token: not the prompt, not
 end-of-text padding) and times its decodes; :meth:`Learn2PDLM.speed` reports mean NFE and tokens/s.
+
+Under ``torchrun`` or ``accelerate launch`` each process joins the launcher's group (:mod:`pipeline.lm_eval.ranks`)
+and lm-eval hands it every ``world_size``-th document; the first process reports the speed summed over all.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -44,6 +50,7 @@ from pipeline.decoding.policies import Vanilla, build_policy
 from pipeline.decoding.settings import DecodeSettings
 from pipeline.evaluation.setting import reference_outputs, run_decode
 from pipeline.lm_eval.project import LM_EVAL_DEFAULT_DEVICE, compose_project
+from pipeline.lm_eval.ranks import Ranks, join, padding
 from pipeline.modeling.loading import LoadedModel
 from pipeline.tasks.base import Example
 from pipeline.tasks.prompts import encode_prompt
@@ -66,10 +73,11 @@ class Learn2PDLM(LM):
         if model_args.get("device") == LM_EVAL_DEFAULT_DEVICE and not torch.cuda.is_available():
             model_args["device"] = "auto"  # lm-eval's default, not the user's
         cfg = compose_project(model_args)
-        loaded = load_model(cfg.model, resolve_device(cfg.device))
+        ranks = join()
+        loaded = load_model(cfg.model, ranks.device(resolve_device(cfg.device)))
         self.setup(loaded, decode_settings(cfg), str(cfg.model.name), int(model_args.get("mc_num", 128)),
                    int(model_args.get("mc_batch_size", 32)), bool(model_args.get("check_greedy", False)),
-                   int(cfg.seed))
+                   int(cfg.seed), ranks)
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None) -> LM:
@@ -94,18 +102,30 @@ class Learn2PDLM(LM):
         return lm
 
     def setup(self, loaded: LoadedModel, settings: DecodeSettings, name: str, mc_num: int, mc_batch_size: int,
-              check_greedy: bool, seed: int) -> None:
+              check_greedy: bool, seed: int, ranks: Ranks | None = None) -> None:
         if mc_num < 1 or mc_batch_size < 1 or mc_num % mc_batch_size:
             raise ConfigError("--model_args mc_num", mc_num, f"allowed: a positive multiple of mc_batch_size "
                                                              f"({mc_batch_size})")
         self.loaded, self.settings, self.name = loaded, settings.validate(), name
         self.policy = build_policy(settings, loaded.device)
         self.mc_num, self.mc_batch_size, self.check_greedy = mc_num, mc_batch_size, check_greedy
-        self.generator = torch.Generator(device=loaded.device).manual_seed(seed)
+        self.seed, self.generator = seed, torch.Generator(device=loaded.device)
         self._device = loaded.device
+        self.ranks = ranks or Ranks()
+        self._rank, self._world_size = self.ranks.rank, self.ranks.world_size  # lm-eval splits the documents by these
         self.counts: dict[str, dict[str, float]] = defaultdict(lambda: {"samples": 0, "nfe": 0, "tokens": 0,
                                                                         "seconds": 0.0})
         Learn2PDLM.last = self
+
+    # --- data parallelism (pipeline.lm_eval.ranks) --------------------------------------------------------------
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.ranks.all_gather(tensor)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        return self.ranks.gather_object(obj, dst)
+
+    def barrier(self) -> None:
+        self.ranks.barrier()
 
     # --- prompts -------------------------------------------------------------------------------------------
     @property
@@ -131,6 +151,9 @@ class Learn2PDLM(LM):
 
     # --- generation ----------------------------------------------------------------------------------------
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        pads = padding(requests, self.world_size)
+        if pads:
+            return (kept := self.generate_until(requests[: len(requests) - pads], disable_tqdm)) + [kept[-1]] * pads
         out: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
@@ -165,12 +188,26 @@ class Learn2PDLM(LM):
                 counts["seconds"] += decoded.sample_seconds[row]
         return out
 
-    def speed(self) -> dict[str, dict[str, float]]:
-        """Per task: samples, mean NFE, generated tokens and tokens/s (generated tokens over decoding time)."""
-        return {task: {"samples": c["samples"], "nfe_mean": c["nfe"] / c["samples"], "tokens": c["tokens"],
-                       "seconds": c["seconds"],
-                       "tokens_per_s": c["tokens"] / c["seconds"] if c["seconds"] > 0 else float("nan")}
-                for task, c in self.counts.items() if c["samples"]}
+    def speed(self, ranks: list[dict[str, dict[str, float]]] | None = None) -> dict[str, dict[str, float]]:
+        """Per task: samples, mean NFE, generated tokens and tokens/s (generated tokens over decoding time); over
+        ``ranks`` (each process's ``counts``, :meth:`counts_over_ranks`) the sums, tokens/s summed over processes."""
+        per_rank = ranks if ranks is not None else [dict(self.counts)]
+        speed = {}
+        for task in sorted({task for counts in per_rank for task in counts}):
+            rows = [counts[task] for counts in per_rank if task in counts and counts[task]["samples"]]
+            if not rows:
+                continue
+            samples, seconds = sum(c["samples"] for c in rows), sum(c["seconds"] for c in rows)
+            rates = [c["tokens"] / c["seconds"] if c["seconds"] > 0 else float("nan") for c in rows]
+            speed[task] = {"samples": samples, "nfe_mean": sum(c["nfe"] for c in rows) / samples,
+                           "tokens": sum(c["tokens"] for c in rows), "seconds": seconds, "tokens_per_s": sum(rates)}
+            if len(per_rank) > 1:
+                speed[task]["processes"] = len(rows)
+        return speed
+
+    def counts_over_ranks(self) -> list[dict[str, dict[str, float]]] | None:
+        """Every process's counts, on the first (None on the others); called by all of them."""
+        return self.gather_object(dict(self.counts))
 
     # --- likelihoods ---------------------------------------------------------------------------------------
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -181,6 +218,9 @@ class Learn2PDLM(LM):
         return prefix, whole[len(prefix):]
 
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        pads = padding(requests, self.world_size)
+        if pads:
+            return (kept := self.loglikelihood(requests[: len(requests) - pads], disable_tqdm)) + [kept[-1]] * pads
         out = []
         for request in tqdm(requests, desc="learn2pd loglikelihood", disable=disable_tqdm):
             prefix, target = self.encode_pair(*request.args)
@@ -197,6 +237,10 @@ class Learn2PDLM(LM):
     @torch.inference_mode()
     def monte_carlo_loglikelihood(self, prefix: list[int], target: list[int]) -> float:
         device, b, length = self.loaded.device, self.mc_batch_size, len(target)
+        # the draws are the request's own (seeded by it), so its estimate is the same whichever process decodes it
+        # and whatever came before: a data-parallel run equals a single-process one
+        request = hashlib.sha256(json.dumps([self.seed, prefix, target]).encode()).digest()
+        self.generator.manual_seed(int.from_bytes(request[:8], "little") >> 1)
         seq = torch.tensor([prefix + target], device=device).repeat(b, 1)
         losses = []
         for _ in range(self.mc_num // b):
