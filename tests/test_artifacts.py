@@ -195,7 +195,7 @@ def wait_for(predicate, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-TRAJECTORIES = [*MICRO, "stage=trajectories", "trajectories.num_prompts=96", "trajectories.batch_size=8"]
+TRAJECTORIES = [*MICRO, "stage=trajectories", "trajectories.num_prompts=48", "trajectories.batch_size=4"]
 
 
 @pytest.mark.slow
@@ -204,7 +204,8 @@ def test_two_runs_on_one_output_folder_share_the_work(tmp_path, compose_cfg):
     key = trajectories.spec(StageContext(compose_cfg(TRAJECTORIES[:1] + TRAJECTORIES[3:]))).key
     holder = out / "artifacts" / "trajectories" / f"{key}.shard-00000-of-00001.holder"  # the lock holder's note
     command = [sys.executable, "-m", "pipeline", *TRAJECTORIES, f"output_dir={out}"]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     wait_for(lambda: holder.exists() and holder.read_text().startswith("pid"))
     second = run_cli(*TRAJECTORIES, f"output_dir={out}")
     first_err = first.communicate(timeout=300)[1]
