@@ -296,15 +296,14 @@ def sweep_metrics(out: Path) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_a_requeued_sweep_skips_finished_settings_and_ends_as_a_local_run(slurm_cluster, local_micro, tmp_path):
-    """``scontrol requeue`` while the sweep's one task is past its first setting and into the second's shards: the
-    rerun reuses the finished setting and shards, and the results equal the local (unsharded) run's."""
+    """``scontrol requeue`` once the sweep's one task has written the first prompt shard of its first setting: the
+    rerun skips that shard, and the merged results equal the local (unsharded) run's."""
     rules = "sweep.grid=[{policy:vanilla},{policy:egp},{policy:threshold,threshold:[0.9]}]"
     result = pipeline(slurm_cluster, *MICRO, "stage=sweep", rules, "sweep.num_shards=3", "launcher.sweep_tasks=1",
                       "launcher=slurm_local", f"output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     job = job_of(tmp_path, "sweep")
-    wait_for(lambda: list((tmp_path / "artifacts" / "sweep").glob("*.shards/*/shard.json")) and
-             list((tmp_path / "artifacts" / "sweep").glob("*/result.json")), 180, "a first result and shard")
+    wait_for(lambda: list((tmp_path / "artifacts" / "sweep").glob("*.shards/*/shard.json")), 180, "a first shard")
     subprocess.run(["scontrol", "requeue", job], env=slurm_env(slurm_cluster), check=True, timeout=30)
     assert wait_until_ended(slurm_cluster, job) == {job: "COMPLETED"}
     assert attempts(slurm_cluster, job)[0] == "REQUEUED"
@@ -312,7 +311,7 @@ def test_a_requeued_sweep_skips_finished_settings_and_ends_as_a_local_run(slurm_
     log_text = (tmp_path / "slurm" / "micro" / "jobs" / f"{job}_0_log.err").read_text()
     runs = log_text.split("pipeline.execution.slurm][INFO] - sweep job:")
     assert len(runs) == 3, "one log section per run"
-    assert "complete, reusing vanilla" in runs[2] and "already written, skipping" in runs[2]
+    assert "vanilla L=32 shard-00000-of-00003 already written, skipping" in runs[2], runs[2][-2000:]
     cluster = sweep_metrics(tmp_path)
     assert len(cluster) == 3
     assert cluster == {key: metrics for key, metrics in sweep_metrics(local_micro).items() if key in cluster}
