@@ -200,9 +200,11 @@ def local_micro(tmp_path_factory, slurm_cluster, micro_pipeline) -> Path:
 
 @pytest.mark.slow
 def test_the_dag_on_slurm_gives_the_local_frontier_and_is_never_resubmitted(slurm_cluster, local_micro, tmp_path):
-    """Each sweep setting in two prompt shards, two array tasks: merged, they are the local unsharded run."""
+    """Each sweep setting in two prompt shards, dealt to two array tasks per sweep node so that the two shards of a
+    setting run in different tasks and the later one merges them: the frontier is the local unsharded run's."""
     started = time.monotonic()
-    result = pipeline(slurm_cluster, *MICRO, "sweep.num_shards=2", "launcher=slurm_local", "launcher.wait=true",
+    sharded = ["sweep.num_shards=2", "launcher.sweep_tasks=2"]
+    result = pipeline(slurm_cluster, *MICRO, *sharded, "launcher=slurm_local", "launcher.wait=true",
                       "launcher.poll_s=1", f"output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     print(f"micro DAG on Slurm: {time.monotonic() - started:.1f} s")
@@ -211,17 +213,21 @@ def test_the_dag_on_slurm_gives_the_local_frontier_and_is_never_resubmitted(slur
     assert nodes["train_filter"]["after"] == ["trajectories"] and nodes["sweep"]["after"] == []
     assert nodes["sweep_filter"]["after"] == ["train_filter"]
     assert nodes["aggregate"]["after"] == ["sweep", "sweep_filter"]
-    assert len(nodes["sweep"]["parts"]) == 4 and len(nodes["sweep_filter"]["parts"]) == 4, "(rule groups) x shards"
+    for name in ("sweep", "sweep_filter"):
+        shards = [sorted(piece % 2 for piece in part) for part in nodes[name]["parts"]]
+        assert len(shards) == 2 and shards[0] != shards[1], "a setting's two shards in two tasks"
+        settings = [sorted({piece // 2 for piece in part}) for part in nodes[name]["parts"]]
+        assert settings[0] == settings[1]
     for row in nodes.values():  # printed: job id, log path and where the results land
         assert f"job {row['job_id']}" in result.stdout and row["results"] in result.stdout
         assert set(accounted_states(slurm_cluster, row["job_id"]).values()) == {"COMPLETED"}
     assert frontier(tmp_path) == frontier(local_micro)
     assert "frontier table:" in result.stdout
 
-    again = pipeline(slurm_cluster, *MICRO, "sweep.num_shards=2", "launcher=slurm_local", f"output_dir={tmp_path}")
+    again = pipeline(slurm_cluster, *MICRO, *sharded, "launcher=slurm_local", f"output_dir={tmp_path}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "everything is complete; nothing was submitted" in again.stdout
-    status = pipeline(slurm_cluster, *MICRO, "sweep.num_shards=2", "stage=status", "launcher=slurm_local",
+    status = pipeline(slurm_cluster, *MICRO, *sharded, "stage=status", "launcher=slurm_local",
                       f"output_dir={tmp_path}")
     assert status.returncode == 0, status.stderr[-3000:]
     assert re.search(r"sweep\s+complete \(3/3 settings, 6/6 shards\)", status.stdout), status.stdout
