@@ -468,9 +468,10 @@ def check_sweep(cfg: DictConfig, multirun: bool) -> None:
     check_filter_path(cfg.decode.filter_path, "decode.filter_path")
     settings = sweep_settings(cfg, multirun)
     size = max(setting.batch_size for setting in settings)
-    if not 1 <= s.num_shards <= -(-s.num_prompts // size):
+    batches = -(-s.num_prompts // size)
+    if not 1 <= s.num_shards <= batches:
         raise ConfigError("sweep.num_shards", s.num_shards,
-                          f"allowed: 1 to {-(-s.num_prompts // size)} (shards are cut at whole batches, so that every "
+                          f"allowed: 1 to {batches} (shards are cut at whole batches, so that every "
                           f"output is an unsharded run's: sweep.num_prompts={s.num_prompts} in batches of {size})")
     for setting in settings:
         check_saved_speed(setting, check_filter_path(setting.filter_path, "decode.filter_path"))

@@ -161,20 +161,20 @@ def sharded(ctx: StageContext, spec: ArtifactSpec, setting: DecodeSettings, inpu
             if (finished := ctx.store.finished_elsewhere(spec, existing)) is not None and \
                     ctx.store.is_current(finished, inputs):
                 return finished
-            if shard_is_current(ctx, setting, inputs, work, index) and \
-                    not (ctx.forced("sweep") and spec.key not in ctx.fresh):
+            wanted, references = shard_inputs(ctx, setting, inputs, index)
+            if written_from(work / name, wanted) and not (ctx.forced("sweep") and spec.key not in ctx.fresh):
                 log.info("sweep %s: %s %s already written, skipping", spec.key, describe(setting), name)
                 continue
             shutil.rmtree(work / name, ignore_errors=True)  # written from other inputs: never merged
             (work / name).parent.mkdir(parents=True, exist_ok=True)
-            wanted = shard_inputs(ctx, setting, inputs, index)
-            atomic_dir(work / name, lambda tmp, i=index, w=wanted: decode_shard(ctx, setting, i, w, tmp))
+            atomic_dir(work / name, lambda tmp, i=index, w=wanted, r=references:
+                       decode_shard(ctx, setting, i, w, r, tmp))
             log.info("sweep %s: %s %s written", spec.key, describe(setting), name)
     with ctx.store.lock(spec):
         if (finished := ctx.store.finished_elsewhere(spec, existing)) is not None and \
                 ctx.store.is_current(finished, inputs):
             return finished
-        current = [i for i in range(count) if shard_is_current(ctx, setting, inputs, work, i)]
+        current = [i for i in range(count) if shard_is_current(ctx, setting, inputs, work / shard_name(i, count), i)]
         if len(current) < count:
             log.info("sweep %s: %s: %d of %d shards written; run the others to finish", spec.key, describe(setting),
                      len(current), count)
@@ -196,13 +196,15 @@ def shards_dir(ctx: StageContext, spec: ArtifactSpec) -> Path:
     return ctx.store.path(spec).with_name(spec.key + ".shards")
 
 
-def shard_inputs(ctx: StageContext, setting: DecodeSettings, inputs: Inputs, index: int) -> dict[str, str]:
-    """What shard ``index`` is computed from: the filter's digest and the digest of the vanilla outputs it
-    replays (its own rows of them)."""
+def shard_inputs(ctx: StageContext, setting: DecodeSettings, inputs: Inputs,
+                 index: int) -> tuple[dict[str, str], torch.Tensor | None]:
+    """What shard ``index`` is computed from (the filter's digest and the digest of the vanilla outputs it replays,
+    its own rows of them), and those vanilla outputs (None for a setting that replays none)."""
     wanted = {k: v for k, v in digests(inputs).items() if k != "references"}
-    if setting.needs_references:
-        wanted["references"] = tensor_digest(shard_references(ctx, setting, index))
-    return wanted
+    references = shard_references(ctx, setting, index) if setting.needs_references else None
+    if references is not None:
+        wanted["references"] = tensor_digest(references)
+    return wanted, references
 
 
 def shard_references(ctx: StageContext, setting: DecodeSettings, index: int) -> torch.Tensor:
@@ -224,23 +226,28 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return content_key({"shape": list(tensor.shape), "sha256": hashlib.sha256(tensor.numpy().tobytes()).hexdigest()})
 
 
-def shard_is_current(ctx: StageContext, setting: DecodeSettings, inputs: Inputs, shards: Path, index: int) -> bool:
-    """Whether shard ``index`` is written, from the inputs it would be computed from now."""
-    record = shards / shard_name(index, ctx.cfg.sweep.num_shards) / SHARD_RECORD
-    if not record.exists():
+def written_from(folder: Path, wanted: dict[str, str]) -> bool:
+    """Whether the shard in ``folder`` is written, from the inputs ``wanted``."""
+    record = folder / SHARD_RECORD
+    return record.exists() and json.loads(record.read_text()).get("inputs") == wanted
+
+
+def shard_is_current(ctx: StageContext, setting: DecodeSettings, inputs: Inputs, folder: Path, index: int) -> bool:
+    """Whether shard ``index`` (in ``folder``) is written, from the inputs it would be computed from now."""
+    if not (folder / SHARD_RECORD).exists():
         return False
     try:
-        wanted = shard_inputs(ctx, setting, inputs, index)
+        wanted, _ = shard_inputs(ctx, setting, inputs, index)
     except FileNotFoundError:  # the vanilla shard it replays is gone: so is the reason to keep it
         return False
-    return json.loads(record.read_text()).get("inputs") == wanted
+    return written_from(folder, wanted)
 
 
-def decode_shard(ctx: StageContext, setting: DecodeSettings, index: int, wanted: dict[str, str], tmp: Path) -> None:
+def decode_shard(ctx: StageContext, setting: DecodeSettings, index: int, wanted: dict[str, str],
+                 references: torch.Tensor | None, tmp: Path) -> None:
     first, end = shard_bounds(ctx, setting, index)
     examples = ctx.task.examples(ctx.cfg.sweep.split, ctx.cfg.sweep.num_prompts)[first:end]
     if examples:
-        references = shard_references(ctx, setting, index) if setting.needs_references else None
         result = evaluate_setting(ctx.loaded, ctx.task, examples, setting, progress=bool(ctx.cfg.progress),
                                   references=references, first=first)
         tokens, rows, seconds = result["tokens"], result["rows"], result["metrics"]["wall_time_s"]
