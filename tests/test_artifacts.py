@@ -258,6 +258,23 @@ def test_a_ctrl_c_anywhere_in_a_lock_s_life_leaves_it_free_for_the_clean_up(tmp_
     assert not lock_file.exists() and not lock_file.with_suffix(".holder").exists()
 
 
+def test_a_lock_whose_context_manager_was_cut_short_is_still_removed_by_the_clean_up(tmp_path):
+    """A Ctrl-C landing in the context manager's own ``__enter__`` or ``__exit__`` leaves the generator suspended
+    and the lock held by this process; the clean-up knows it by the holder's note and removes it."""
+    lock_file = tmp_path / "key.lock"
+    held = artifacts.file_lock(lock_file, "demo")
+    held.__enter__()  # never exited, as when the interrupt lands before __exit__ resumes the generator
+    assert lock_file.exists() and f"pid {os.getpid()} on " in lock_file.with_suffix(".holder").read_text()
+    remove_unheld_lock(lock_file)
+    assert not lock_file.exists() and not lock_file.with_suffix(".holder").exists()
+    other = tmp_path / "other.lock"  # another process's lock is left alone
+    other.touch()
+    other.with_suffix(".holder").write_text("pid 999999 on a-host since 2026-01-01T00:00:00")
+    with artifacts.FileLock(other):
+        remove_unheld_lock(other)
+        assert other.exists()
+
+
 @pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, compose_cfg):
     out = tmp_path / "out"

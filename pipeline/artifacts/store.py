@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -433,50 +432,61 @@ def check_files(artifact: Artifact, verify: str, hash_file: Callable[[Path], str
                                                     "the manifest's: changed after it was written)", fix)
 
 
+GIVEN_BACK: list[FileLock] = []  # released lock objects, kept for the process's life (see file_lock)
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, what: str) -> Iterator[None]:
     """Hold the exclusive lock ``path`` (waiting for another holder), naming the holder in a note beside it
-    (``<name>.holder``) rather than in the lock file, which filelock may truncate on each try. The note goes before
-    the lock does, so one found on taking the lock was left by a run that did not finish. Taking and giving back
-    the lock happen with Ctrl-C held off (:func:`interrupts_deferred`), so an interrupt never leaves this process
-    holding a lock nobody will release: the run's clean-up can then remove the lock files it made."""
+    (``<name>.holder``: ``pid <pid> on <host> since <time>``) rather than in the lock file, which filelock may
+    truncate on each try. The note goes before the lock does, so one found on taking the lock was left by a run that
+    did not finish.
+
+    A Ctrl-C may land anywhere, filelock's own code included (filelock rolls back an interrupted acquire and
+    recovers an interrupted release). Giving the lock back is retried until it is done (:func:`give_back`); where
+    the interrupt lands in the context manager's own entry or exit, the note still names this process, and the run's
+    clean-up removes the lock by it. Released lock objects are kept (``GIVEN_BACK``, a few hundred bytes each)
+    rather than collected: Python ignores an exception raised in a finalizer, so a Ctrl-C landing in filelock's
+    ``__del__`` would be lost."""
     path.parent.mkdir(parents=True, exist_ok=True)
     note = path.with_suffix(".holder")
     lock = FileLock(path)
     waiting, previous = False, ""
     try:
         while True:
-            with interrupts_deferred():
-                with contextlib.suppress(Timeout):
-                    lock.acquire(blocking=False)
-                if lock.is_locked:
-                    previous = lock_holder(note)
-                    since = time.strftime("%Y-%m-%dT%H:%M:%S")
-                    write_text_atomic(note, f"pid {os.getpid()} on {socket.gethostname()} since {since}")
-                    break
+            with contextlib.suppress(Timeout):
+                lock.acquire(blocking=False)
+            if lock.is_locked:
+                previous = lock_holder(note)
+                since = time.strftime("%Y-%m-%dT%H:%M:%S")
+                write_text_atomic(note, f"pid {os.getpid()} on {socket.gethostname()} since {since}")
+                break
             if not waiting:
                 log.info("%s: another run (%s) is computing it; waiting", what, lock_holder(note) or "?")
                 waiting = True
-            time.sleep(0.05)  # interruptible: a Ctrl-C while waiting holds nothing
+            time.sleep(0.05)
         if previous:
             log.warning("%s: taking over the lock of a run that did not finish (%s)", what, previous)
         yield
     finally:
-        with interrupts_deferred():
+        give_back(lock, note)
+        GIVEN_BACK.append(lock)
+
+
+def give_back(lock: FileLock, note: Path) -> None:
+    """Remove the holder's note and release the lock, again if a Ctrl-C cuts it short; the interrupt is raised
+    once the lock is free."""
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
             if lock.is_locked:
                 note.unlink(missing_ok=True)
                 lock.release()
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back for a few statements that must not be cut in two; they arrive when it ends."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            break
+        except KeyboardInterrupt as caught:
+            interrupted = caught
+    if interrupted is not None:
+        raise interrupted
 
 
 def lock_holder(note: Path) -> str:

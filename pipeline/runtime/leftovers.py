@@ -12,7 +12,9 @@ stay: they are what a rerun resumes from.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import socket
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -58,7 +60,15 @@ class Leftovers:
 
 
 def remove_unheld_lock(path: Path) -> None:
-    """Delete a lock file the run created and its holder note, unless another run holds the lock now."""
+    """Delete a lock file the run created and its holder note, unless another run holds the lock now. A lock this
+    process still holds is its own, left by a Ctrl-C that landed in the lock's context manager itself: its note
+    names this process (``pipeline.artifacts.store.file_lock`` writes ``pid <pid> on <host> since ...``)."""
+    note = path.with_suffix(".holder")
+    with contextlib.suppress(FileNotFoundError):
+        if note.read_text().startswith(f"pid {os.getpid()} on {socket.gethostname()} "):
+            note.unlink()
+            path.unlink(missing_ok=True)
+            return
     with contextlib.suppress(Timeout, OSError), FileLock(path).acquire(blocking=False):
-        path.with_suffix(".holder").unlink(missing_ok=True)
+        note.unlink(missing_ok=True)
         path.unlink()
