@@ -85,7 +85,7 @@ def test_an_on_policy_round_decodes_with_the_previous_filter_and_trains_on_both_
     assert labels == {"filter t=validated L=32", "filter t=0.9 L=32"}
 
 
-def oracle_passes_and_accuracy(name: str, task, n: int = 48) -> tuple[float, float]:
+def oracle_passes_and_accuracy(name: str, task, n: int = 32) -> tuple[float, float]:
     """Mean oracle forward passes per prompt at 64/16, and vanilla exact match, for a shipped model."""
     path = Path(__file__).parents[1] / "models" / "checkpoints" / name
     model, tokenizer = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)

@@ -133,7 +133,7 @@ def test_wandb_offline_runs_hold_the_logged_metrics_table_and_plot(micro_run):
 
 @pytest.mark.slow
 def test_a_killed_stage_leaves_no_partial_artifact_and_the_rerun_finishes(tmp_path):
-    args = ["+experiment=micro", "stage=trajectories", "trajectories.num_prompts=24", "trajectories.num_shards=4",
+    args = ["+experiment=micro", "stage=trajectories", "trajectories.num_prompts=12", "trajectories.num_shards=4",
             "decode.gen_length=64", "decode.block_length=16", "logger=none", "progress=false"]
     killed = tmp_path / "killed"
     env = dict(__import__("os").environ, OMP_NUM_THREADS="1")

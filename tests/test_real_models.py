@@ -100,8 +100,8 @@ def test_the_whole_pipeline_runs_on_a_stand_in(standins, prompts_file, tmp_path,
     own_prompts = ["+task@trajectories.task=jsonl", f"trajectories.task.path={prompts_file}"] if name == "dream" else []
     result = run_cli("+experiment=micro", f"model={preset}", f"model.path={standins[name]}", *REMOTE, "task=jsonl",
                      f"task.path={prompts_file}", "trajectories.num_prompts=12", "trajectories.batch_size=8",
-                     *own_prompts, "sweep.num_prompts=2", "train_filter.max_epochs=20", f"output_dir={tmp_path}",
-                     "logger=none", "progress=false", timeout=900)
+                     *own_prompts, "sweep.num_prompts=2", "train_filter.max_epochs=20", "decode.gen_length=16",
+                     f"output_dir={tmp_path}", "logger=none", "progress=false", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("| setting | accuracy |")
     assert "ignores the attention mask" not in result.stderr
