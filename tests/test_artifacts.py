@@ -289,7 +289,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, compose_cfg):
     assert len(complete(out, "trajectories")) == 1
 
 
-FILTER = [*MICRO, "stage=train_filter", "train_filter.max_epochs=800", "train_filter.checkpoint_every_n_epochs=50"]
+FILTER = [*MICRO, "stage=train_filter", "train_filter.max_epochs=300", "train_filter.checkpoint_every_n_epochs=50"]
 
 
 @pytest.mark.slow
