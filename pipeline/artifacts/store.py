@@ -469,8 +469,8 @@ def file_lock(path: Path, what: str) -> Iterator[None]:
             log.warning("%s: taking over the lock of a run that did not finish (%s)", what, previous)
         yield
     finally:
+        GIVEN_BACK.append(lock)  # first: give_back may raise the Ctrl-C it deferred
         give_back(lock, note)
-        GIVEN_BACK.append(lock)
 
 
 def give_back(lock: FileLock, note: Path) -> None:
