@@ -54,6 +54,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lm_eval_builtin_index_once():
+    """lm-eval's index of its own ~14,700 task files, built once per worker: every ``TaskManager`` parses them all
+    (about 14 s of CPU), and the suite's lm-eval commands and tasks make a few dozen. The files are the installed
+    package's, the same for every command, so each later index starts from the first's entries (lm-eval's task
+    factory deep-copies an entry's config before using it, ``lm_eval/tasks/_factory.py``); the tests' own
+    task folders (``--include_path``) are indexed afresh every time, and override built-in names as lm-eval's
+    merge does (``lm_eval/tasks/_index.py``)."""
+    import lm_eval.tasks
+    from lm_eval.tasks._index import TaskIndex
+
+    builtin = Path(lm_eval.tasks.__file__).parent
+    build = TaskIndex.build
+    built: dict[bool, dict] = {}
+
+    def build_once(paths, *, resolve_includes=True):
+        paths = [Path(p) for p in paths]
+        if not paths or paths[0] != builtin:
+            return build(paths, resolve_includes=resolve_includes)
+        if resolve_includes not in built:
+            built[resolve_includes] = build(paths[:1], resolve_includes=resolve_includes)
+        index = dict(built[resolve_includes])
+        index.update(build(paths[1:], resolve_includes=resolve_includes))
+        return index
+
+    TaskIndex.build = staticmethod(build_once)
+    yield
+    TaskIndex.build = staticmethod(build)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_char_tokenizer()
