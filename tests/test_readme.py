@@ -4,6 +4,7 @@ that does not need a Slurm cluster runs to the end."""
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 
@@ -89,5 +90,18 @@ def test_every_documented_command_runs_as_written(command, tmp_path, micro_pipel
     """Each from the micro experiment's trajectories and filter (made once per session, and checked there), so
     each computes what its own stage adds."""
     seed(tmp_path, micro_pipeline[0])
-    result = run_cli(*sized_down(command, tmp_path))
+    args = sized_down(command, tmp_path)
+    result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-4000:]
+    if "-m" in args and "stage=sweep" in args:  # a multirun sweep, on any launcher: one result per job
+        results = list((tmp_path / "artifacts" / "sweep").glob("*/result.json"))
+        assert len(results) == jobs(args) > 1, result.stderr[-4000:]
+
+
+def jobs(args: list[str]) -> int:
+    """The number of jobs a multirun's overrides sweep (the product of its comma-separated lists, as Hydra's
+    basic sweeper makes them)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides([a for a in args if a != "-m"])
+    return math.prod(len(list(o.sweep_string_iterator())) for o in overrides if o.is_sweep_override())
