@@ -118,7 +118,7 @@ def micro_pipeline(tmp_path_factory) -> tuple[Path, object]:
     result). Read it, or change a copy (tests.test_artifacts.copy_of)."""
     from tests.shared_runs import shared_run
 
-    return shared_run(tmp_path_factory, "micro", ["+experiment=micro", "progress=false"])
+    return shared_run(tmp_path_factory, "micro", ["+experiment=micro", "progress=false"], fresh_interpreter=True)
 
 
 def compose_config(overrides: list[str] | None = None):

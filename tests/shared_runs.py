@@ -3,9 +3,9 @@
 The first test to ask (in any pytest-xdist worker) runs the command line under a file lock; the others wait for it
 and read the same folder. A test that changes a run works on its own copy (``tests.test_artifacts.copy_of``), and a
 run that only needs another's upstream artifacts starts from copies of them (``seed``), so each test computes the
-stage it is about and the suite trains and decodes the micro experiment's upstream once. These runs start a new
-interpreter, as a user's command does; most other commands of the suite run in the test's process
-(``tests.in_process``).
+stage it is about and the suite trains and decodes the micro experiment's upstream once. The micro run starts a new
+interpreter, as a user's command does; the others run in the process of the test that asks first, as most
+commands of the suite do (``tests.in_process``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def seed(out: Path, source: Path, stages: tuple[str, ...] = UPSTREAM) -> Path:
 
 
 def shared_run(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str],
-               seeded_from: Path | None = None) -> tuple[Path, subprocess.CompletedProcess]:
+               seeded_from: Path | None = None, fresh_interpreter: bool = False
+               ) -> tuple[Path, subprocess.CompletedProcess]:
     """The output folder of ``python -m pipeline *args`` run once per session under ``name``, and its result;
     ``seeded_from``: an output folder whose upstream artifacts the run starts from."""
     folder = session_dir(tmp_path_factory) / "shared" / name
@@ -51,7 +52,7 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[s
             folder.mkdir()
             if seeded_from is not None:
                 seed(out, seeded_from)
-            result = run_cli(*args, f"output_dir={out}", timeout=600, fresh_interpreter=True)
+            result = run_cli(*args, f"output_dir={out}", timeout=600, fresh_interpreter=fresh_interpreter)
             assert result.returncode == 0, result.stderr[-4000:]
             record.write_text(json.dumps({"args": result.args, "stdout": result.stdout, "stderr": result.stderr}))
         saved = json.loads(record.read_text())
