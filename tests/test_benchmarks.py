@@ -15,8 +15,10 @@ def score_references(tmp_path, *args: str) -> str:
     return result.stdout.strip()
 
 
-def test_all_164_canonical_humaneval_solutions_pass_in_the_sandbox(tmp_path):
-    assert score_references(tmp_path, "task=humaneval") == "humaneval test: 164/164 reference answers pass (100.0%)"
+def test_humaneval_s_canonical_solutions_pass_in_the_sandbox(tmp_path):
+    """The first 24 through the command line (tests.test_sandbox scores all 164 through the task)."""
+    assert score_references(tmp_path, "task=humaneval", "references.num_prompts=24") == \
+        "humaneval test: 24/24 reference answers pass (100.0%)"
 
 
 def test_gsm8k_and_math_references_pass_their_extraction(tmp_path, gsm8k_dir, math_dir):  # noqa: F811

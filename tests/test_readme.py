@@ -23,6 +23,7 @@ SIZED_DOWN = {  # per stage: overrides that keep a documented command to seconds
     "train_policy": ["train_policy.updates=2", "train_policy.prompts_per_update=2", "train_policy.group_size=2",
                      "train_policy.num_prompts=4", "train_policy.val_prompts=4", "train_policy.knob=[0.0,4.0]"],
     "benchmark": ["benchmark.num_prompts=4", "benchmark.warmup=1"],
+    "score_references": ["references.num_prompts=8"],
 }
 SIZED_DOWN_MODELS = {  # per experiment timing a real architecture: a few layers of a few dimensions
     "+experiment=speed_llada_cpu": ["model.architecture.d_model=32", "model.architecture.n_heads=2",

@@ -46,7 +46,7 @@ from pipeline.configuration.command import STAGES, decode_settings, stages_to_ru
 from pipeline.decoding.settings import DecodeSettings, check_probability
 from pipeline.learning.trajectories import FILTER_SPLITS, filter_split_of
 from pipeline.modeling.files import locate
-from pipeline.tasks.base import SPLITS
+from pipeline.tasks.base import SPLITS, Task
 from pipeline.tasks.lm_eval_files import read_task_file, scan_builtin, task_files
 from pipeline.tasks.lm_eval_task import LmEvalTask
 from pipeline.tasks.registry import build_task
@@ -264,6 +264,19 @@ def check_model_files(folder: Path, m: DictConfig, device: str | None) -> None:
     check_weights_fit(config, m.dtype, device, "model.path", m.path)
 
 
+SPLIT_SIZES: dict[tuple, int] = {}
+
+
+def split_size(task: Task, split: str) -> int:
+    """``task.split_size(split)``, counted once per process for each task and split: a synthetic task counts its
+    prompts by hashing every one (about 40,000, 0.15 s), and a command validates its config more than once,
+    building its tasks anew each time."""
+    key = (type(task), repr(sorted(vars(task).items())), split)
+    if key not in SPLIT_SIZES:
+        SPLIT_SIZES[key] = task.split_size(split)
+    return SPLIT_SIZES[key]
+
+
 def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str, task_setting: str = "task") -> None:
     split, count = OmegaConf.select(cfg, split_setting), OmegaConf.select(cfg, count_setting)
     one_of(split, split_setting, SPLITS)
@@ -272,7 +285,7 @@ def check_task_split(cfg: DictConfig, split_setting: str, count_setting: str, ta
     if isinstance(task, LmEvalTask):
         check_lm_eval_split(task, split, split_setting)
     if task.sizes_are_cheap:
-        available = task.split_size(split)
+        available = split_size(task, split)
         if not 1 <= count <= available:
             raise ConfigError(count_setting, count,
                               f"allowed: 1 to {available} (the distinct prompts of the {split} split)")
@@ -397,9 +410,9 @@ def check_train_policy(cfg: DictConfig, multirun: bool) -> None:
                           f"allowed: at least train_policy.prompts_per_update ({tp.prompts_per_update})")
     check_task_split(cfg, "train_policy.split", "train_policy.num_prompts")
     task = build_task(cfg.task)
-    if task.sizes_are_cheap and tp.num_prompts + tp.val_prompts > task.split_size(tp.split):
+    if task.sizes_are_cheap and tp.num_prompts + tp.val_prompts > split_size(task, tp.split):
         raise ConfigError("train_policy.val_prompts", tp.val_prompts,
-                          f"allowed: 1 to {task.split_size(tp.split) - tp.num_prompts} (the {tp.split} split's "
+                          f"allowed: 1 to {split_size(task, tp.split) - tp.num_prompts} (the {tp.split} split's "
                           f"prompts after train_policy.num_prompts)")
     if not tp.lr > 0:
         raise ConfigError("train_policy.lr", tp.lr, "allowed: a number > 0")
