@@ -3,6 +3,7 @@ settings its sweep evaluates. Validation, the stages and key planning all read t
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any
 
@@ -33,10 +34,27 @@ def decode_settings(cfg: DictConfig) -> DecodeSettings:
     return OmegaConf.to_object(cfg.decode)
 
 
+GRIDS: dict[str, list[DecodeSettings]] = {}  # expand_grid's expansions in this process, by decode and sweep
+
+
 def expand_grid(cfg: DictConfig) -> list[DecodeSettings]:
     """Every grid entry over every ``sweep.gen_lengths``, list-valued fields multiplied out, each merged onto the
     user's ``decode`` and type-checked as a :class:`DecodeSettings`. Steps are one per token unless
-    ``sweep.steps_per_block`` fixes them per block (a fixed NFE for every gen length)."""
+    ``sweep.steps_per_block`` fixes them per block (a fixed NFE for every gen length).
+
+    Expanded once per process for each ``decode`` and ``sweep`` (resolved): validation, planning and the stages
+    each ask, and type-checking a grid of a few dozen settings takes a few hundred milliseconds."""
+    try:
+        key = repr([OmegaConf.to_container(cfg[name], resolve=True) for name in ("decode", "sweep")])
+    except OmegaConfBaseException:  # an interpolation that does not resolve: the expansion names it
+        return expanded(cfg)
+    if key not in GRIDS:
+        GRIDS[key] = expanded(cfg)
+    return copy.deepcopy(GRIDS[key])  # a caller may change its settings
+
+
+def expanded(cfg: DictConfig) -> list[DecodeSettings]:
+    """:func:`expand_grid`'s work, uncached."""
     base = OmegaConf.structured(decode_settings(cfg))
     settings = []
     for index, node in enumerate(cfg.sweep.grid):
