@@ -53,6 +53,27 @@ def test_the_grid_expands_lists_as_a_product(compose_cfg):
     assert all(s.gen_length == 64 and s.block_length == 16 for s in settings)
 
 
+def test_a_grid_expanded_again_follows_its_config_and_is_a_fresh_copy(compose_cfg):
+    """The grid is expanded once per process for each decode and sweep config: another config gets its own, and
+    a caller that changes its settings changes no later caller's."""
+    first = expand_grid(compose_cfg(["+experiment=micro"]))
+    first[0].gen_length = 999
+    assert expand_grid(compose_cfg(["+experiment=micro"]))[0].gen_length == 32
+    assert {s.gen_length for s in expand_grid(compose_cfg(["+experiment=micro", "sweep.gen_lengths=[16]"]))} == {16}
+    # sweep.block_length follows decode.block_length by interpolation: the cache reads the resolved config
+    assert {s.block_length for s in expand_grid(compose_cfg(["+experiment=micro", "decode.block_length=4"]))} == {4}
+
+
+def test_validation_counts_each_task_s_own_split(compose_cfg):
+    """Split sizes are counted once per process for each task: a task of other ranges gets its own count."""
+    from pipeline.configuration.validation import split_size
+    from pipeline.tasks import ChainedAddition
+
+    small, large = ChainedAddition(max_steps=1), ChainedAddition(max_steps=4)
+    assert split_size(small, "test") == small.split_size("test") < split_size(large, "test") == \
+        large.split_size("test")
+
+
 def artifacts(root: Path, stage: str) -> list[Path]:
     return [p.parent for p in (root / "artifacts" / stage).glob("*/manifest.json")]
 
