@@ -4,13 +4,12 @@ that does not need a Slurm cluster runs to the end."""
 
 from __future__ import annotations
 
-import math
 import re
 import shlex
 
 import pytest
 
-from pipeline.cli import preflight
+from pipeline.cli import job_overrides, preflight
 from pipeline.configuration.hydra import PROJECT_ROOT
 from tests.shared_runs import seed
 from tests.test_cli import run_cli
@@ -98,13 +97,4 @@ def test_every_documented_command_runs_as_written(command, tmp_path, micro_pipel
     assert result.returncode == 0, result.stderr[-4000:]
     if "-m" in args and "stage=sweep" in args:  # a multirun sweep, on any launcher: one result per job
         results = list((tmp_path / "artifacts" / "sweep").glob("*/result.json"))
-        assert len(results) == jobs(args) > 1, result.stderr[-4000:]
-
-
-def jobs(args: list[str]) -> int:
-    """The number of jobs a multirun's overrides sweep (the product of its comma-separated lists, as Hydra's
-    basic sweeper makes them)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    overrides = OverridesParser.create().parse_overrides([a for a in args if a != "-m"])
-    return math.prod(len(list(o.sweep_string_iterator())) for o in overrides if o.is_sweep_override())
+        assert len(results) == len(job_overrides([a for a in args if a != "-m"], True)) > 1, result.stderr[-4000:]
