@@ -200,6 +200,24 @@ def test_lm_eval_s_padding_of_a_shorter_share_is_found():
     assert padding([a, a], 1) == 0, "a single process is never padded"
 
 
+@pytest.mark.parametrize("ending,status,stderr", [("print('written', flush=False)", 0, ""),
+                                                  ("raise SystemExit(3)", 3, ""),
+                                                  ("raise SystemExit('refused: x')", 1, "refused: x"),
+                                                  ("raise ValueError('boom')", 1, "ValueError: boom")])
+def test_a_launched_process_ends_with_its_command_s_status_and_output(ending, status, stderr):
+    """One of torchrun's processes skips the interpreter's shutdown (``run_as_rank``) but keeps what a normal exit
+    gives: the command's status, its unflushed output, its error."""
+    script = ("import logging, sys\nfrom pipeline.lm_eval.ranks import run_as_rank\n"
+              "def main():\n    print('started')\n    logging.getLogger('x').warning('logged')\n"
+              f"    {ending}\nrun_as_rank(main)\nprint('not reached')\n")
+    ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "WORLD_SIZE": "2"})
+    assert ended.returncode == status, ended.stderr
+    assert ended.stdout.startswith("started\n") and "not reached" not in ended.stdout
+    assert "written" in ended.stdout or status != 0
+    assert "logged" in ended.stderr and stderr in ended.stderr
+
+
 def test_the_python_api_runs_the_registered_model_and_likelihoods_prefer_the_answer(local_tasks):
     import lm_eval
     from lm_eval.tasks import TaskManager

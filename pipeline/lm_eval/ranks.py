@@ -12,9 +12,13 @@ To keep ranks in step lm-eval pads a rank with fewer requests with copies of its
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -68,10 +72,14 @@ class Ranks:
             dist.destroy_process_group()
 
 
+def launched() -> bool:
+    """Whether this process is one of a launcher's several (``WORLD_SIZE`` above 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def join() -> Ranks:
     """The launcher's process group, joined; a single process (no ``WORLD_SIZE`` above 1) has none."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if not launched():
         return Ranks()
     import torch.distributed as dist
 
@@ -79,6 +87,31 @@ def join() -> Ranks:
     if joined:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), joined)
+
+
+def run_as_rank(main: Callable[[], None]) -> NoReturn:
+    """Run ``main`` as one of a launcher's processes, and end the process without the interpreter's shutdown.
+
+    With every output written and the group taken down, a gloo process could still abort while the interpreter
+    finalized (``terminate called without an active exception``, SIGABRT, no Python frame left; about one
+    two-process run in twelve on a loaded 2-core machine), and the launcher then failed the run although every
+    rank had finished. So a rank ends with ``os._exit`` and the command's own status, after flushing its streams
+    and log handlers; no C++ destructor runs after that.
+    """
+    status = 0
+    try:
+        main()
+    except SystemExit as end:
+        if isinstance(end.code, str):
+            print(end.code, file=sys.stderr)
+        status = end.code if isinstance(end.code, int) else 0 if end.code is None else 1
+    except BaseException:  # what the interpreter would print for an uncaught error, with its status
+        traceback.print_exc()
+        status = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def padding(requests: list, world_size: int) -> int:
