@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.configuration.hydra import PROJECT_ROOT
 from pipeline.runtime.reporting import one_line
+from tests.shared_runs import UPSTREAM, seed
 from tests.test_cli import MICRO, as_in_a_terminal, run_cli
 
 TINY = PROJECT_ROOT / "models" / "checkpoints" / "tiny-arith"
@@ -301,11 +302,17 @@ def interrupt(args: list[str], after: str, cwd: Path, timeout: float = 300) -> s
 
 @pytest.mark.parametrize("stage,after", [("trajectories", "shard-00000-of-00003 written"), ("sweep", "written to"),
                                          ("train_filter", "train_filter: epoch")])
-def test_ctrl_c_says_so_in_one_line_and_a_rerun_resumes(tmp_path, stage, after):
-    """Interrupted after its first finished piece (a shard, a setting): the piece stays, the rerun finishes."""
+def test_ctrl_c_says_so_in_one_line_and_a_rerun_resumes(tmp_path, stage, after, request):
+    """Interrupted after its first finished piece (a shard, a setting): the piece stays, the rerun finishes. The
+    stages after trajectories start from the session's micro upstream, so only the interrupted stage computes."""
     out = tmp_path / "out"
-    args = [f"output_dir={out}", MICRO, f"stage={stage}", "progress=false", "logger=none", "trajectories.num_shards=3",
+    args = [f"output_dir={out}", MICRO, f"stage={stage}", "progress=false", "logger=none",
             "sweep.num_prompts=8", "sweep.grid=[{policy: vanilla}, {policy: threshold, threshold: [0.7, 0.9]}]"]
+    if stage == "trajectories":
+        args.append("trajectories.num_shards=3")
+    else:
+        seed(out, request.getfixturevalue("micro_pipeline")[0], UPSTREAM[: UPSTREAM.index(stage)]
+             if stage in UPSTREAM else UPSTREAM)
     result = interrupt(args, after, tmp_path)
     assert result.returncode == 130, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr

@@ -303,7 +303,11 @@ def sweep_metrics(out: Path) -> dict[str, dict]:
 @pytest.mark.slow
 def test_a_requeued_sweep_skips_finished_settings_and_ends_as_a_local_run(slurm_cluster, local_micro, tmp_path):
     """``scontrol requeue`` once the sweep's one task has written the first prompt shard of its first setting: the
-    rerun skips that shard, and the merged results equal the local (unsharded) run's."""
+    rerun computes nothing the first run wrote, and the merged results equal the local (unsharded) run's.
+
+    Slurm kills a requeued job only after its grace period (``KillWait``; submitit lets the SIGTERM before it
+    pass), so the first run goes on for a few seconds, and a fast machine finishes whole settings in them: each
+    shard the first run wrote is skipped by the rerun, or its setting, merged before the kill, is reused."""
     rules = "sweep.grid=[{policy:vanilla},{policy:egp},{policy:threshold,threshold:[0.9]}]"
     result = pipeline(slurm_cluster, *MICRO, "stage=sweep", rules, "sweep.num_shards=3", "launcher.sweep_tasks=1",
                       "launcher=slurm_local", f"output_dir={tmp_path}")
@@ -317,7 +321,13 @@ def test_a_requeued_sweep_skips_finished_settings_and_ends_as_a_local_run(slurm_
     log_text = (tmp_path / "slurm" / "micro" / "jobs" / f"{job}_0_log.err").read_text()
     runs = log_text.split("pipeline.execution.slurm][INFO] - sweep job:")
     assert len(runs) == 3, "one log section per run"
-    assert "vanilla L=32 shard-00000-of-00003 already written, skipping" in runs[2], runs[2][-2000:]
+    first, rerun = runs[1], runs[2]
+    written = re.findall(r"sweep \w+: (.+? L=\d+) (shard-\d+-of-\d+) written", first)
+    assert ("vanilla L=32", "shard-00000-of-00003") in written
+    for setting, shard in written:
+        assert f"{setting} {shard} already written, skipping" in rerun or f"complete, reusing {setting}" in rerun, \
+            f"{setting} {shard} computed again:\n{rerun[-2000:]}"
+        assert f"{setting} {shard} written" not in rerun
     cluster = sweep_metrics(tmp_path)
     assert len(cluster) == 3
     assert cluster == {key: metrics for key, metrics in sweep_metrics(local_micro).items() if key in cluster}
