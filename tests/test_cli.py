@@ -247,3 +247,26 @@ def test_a_multirun_keeps_stdout_for_results(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[HYDRA]" not in result.stdout and "Launching 2 jobs locally" in result.stderr
     assert result.stdout.count("accuracy") == 2
+
+
+def test_a_single_run_s_folder_is_the_one_hydra_main_writes(tmp_path):
+    """A single run is composed once and run through Hydra's job steps; ``hydra.mode=RUN`` on the command line
+    sends the same run through ``hydra.main``: both folders hold the same config, Hydra config, overrides and
+    log lines (their own folder's name aside)."""
+    import yaml
+
+    args = [MICRO, "stage=trajectories", "trajectories.num_prompts=2", "logger=none", "progress=false",
+            f"output_dir={tmp_path / 'out'}"]
+    assert run_cli(*args).returncode == 0  # computed once, so that both runs below reuse it alike
+    folders = [tmp_path / "composed_once", tmp_path / "hydra_main"]
+    for folder, extra in zip(folders, ([], ["hydra.mode=RUN"])):
+        assert run_cli(*args, f"hydra.run.dir={folder}", *extra).returncode == 0
+
+    def read(folder: Path, name: str):
+        return yaml.safe_load((folder / ".hydra" / name).read_text().replace(str(folder), "RUN_DIR"))
+
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        assert read(folders[0], name) == read(folders[1], name), name
+    assert read(folders[0], "hydra.yaml")["hydra"]["job"]["name"] == "cli"
+    logs = [[line.split("]", 1)[1] for line in (f / "cli.log").read_text().splitlines()] for f in folders]
+    assert logs[0] and logs[0] == logs[1]
