@@ -157,12 +157,12 @@ def main() -> None:
         return app()
     config_name = args.config_name or "config"
     through_hydra_main = args.multirun or any(o.startswith("hydra.mode=") for o in args.overrides)
-    overrides = [*args.overrides, "hydra.mode=RUN"]  # as Hydra adds it to a run that does not set it
     with errors_reported(COMPOSING):
         if through_hydra_main:
             cfg = preflight(args.overrides, args.multirun, config_name)
         else:
             check_syntax(args.overrides)
+            overrides = [*args.overrides, "hydra.mode=RUN"]  # as Hydra adds it to a run that does not set it
             application = hydra_application()
             cfg = application.compose_config(config_name, overrides, run_mode=RunMode.RUN, from_shell=False)
             validate(cfg)
